@@ -1,0 +1,75 @@
+// Matrix products of activations with DeepSeek-V3's weights. Weights are stored [out, in]
+// (y = x·Wᵀ); linear layers are FP8 E4M3 with one FP32 scale per 128×128 block, the gate and the
+// lm_head are BF16.
+//
+// Numerics (see docs/ARCHITECTURE.md, "Numerics"):
+// - Numerics::kExact: activations stay FP32, weights dequantized exactly, FP32 accumulation.
+// - Numerics::kDeepSeek: activations quantized per row per 128 columns to E4M3
+//   (scale = max(amax, 1e-4) / 448), the 128-wide partial sums accumulated in FP32 and multiplied by
+//   both block scales, outputs rounded to BF16 — DeepGEMM's 1×128 × 128×128 scheme.
+//
+// Every function has a scalar `_reference` twin (matmul_reference.cpp) that the tests compare with.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "base/bf16.h"
+
+namespace epserve::kernels {
+
+enum class Numerics { kExact, kDeepSeek };
+
+constexpr int kQuantBlock = 128;
+
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// A linear layer's weight as the checkpoint stores it (views into mmap'd memory).
+struct Fp8Matrix {
+  std::span<const uint8_t> codes;        // [rows, cols] E4M3
+  std::span<const float> block_scales;   // [ceil(rows/128), ceil(cols/128)] (weight_scale_inv)
+  int rows = 0;
+  int cols = 0;
+};
+
+struct Bf16Matrix {
+  std::span<const bf16> values;  // [rows, cols]
+  int rows = 0;
+  int cols = 0;
+};
+
+// Activations quantized per row per 128 columns (what DeepSeek dispatches between ranks).
+struct Fp8Rows {
+  std::vector<uint8_t> codes;   // [rows, cols]
+  std::vector<float> scales;    // [rows, ceil(cols/128)]; value = fp8(code) * scale
+  int rows = 0;
+  int cols = 0;
+};
+
+void quantize_rows_fp8(std::span<const float> x, int rows, int cols, Fp8Rows& out);
+
+// y[M, w.rows] = x[M, w.cols] · wᵀ.
+void matmul_fp8(std::span<const float> x, int M, const Fp8Matrix& w, std::span<float> y, Numerics mode);
+// DeepSeek numerics on already-quantized rows.
+void matmul_fp8_quantized(const Fp8Rows& x, const Fp8Matrix& w, std::span<float> y);
+
+// Many independent products in one parallel region (one per routed expert, say): small M per task
+// still keeps both cores busy, and each weight is streamed once for all of its task's rows.
+struct Fp8MatmulTask {
+  std::span<const float> x;  // [M, w->cols]
+  int M = 0;
+  const Fp8Matrix* w = nullptr;
+  std::span<float> y;        // [M, w->rows]
+};
+void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode);
+
+// y[M, w.rows] = x[M, w.cols] · wᵀ with BF16 weights, FP32 activations and accumulation.
+void matmul_bf16(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y);
+
+// Scalar twins: plain loops, the same numerics, no threads.
+void quantize_rows_fp8_reference(std::span<const float> x, int rows, int cols, Fp8Rows& out);
+void matmul_fp8_reference(std::span<const float> x, int M, const Fp8Matrix& w, std::span<float> y,
+                          Numerics mode);
+void matmul_bf16_reference(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y);
+
+}  // namespace epserve::kernels
