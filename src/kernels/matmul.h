@@ -22,7 +22,7 @@ enum class Numerics { kExact, kDeepSeek };
 
 constexpr int kQuantBlock = 128;
 
-inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // A linear layer's weight as the checkpoint stores it (views into mmap'd memory).
 struct Fp8Matrix {
