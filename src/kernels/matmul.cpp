@@ -1,41 +1,696 @@
-// Fast matmul kernels (placeholder: parallel loops over the scalar twin's numerics; SIMD to come).
+// Fast matmul kernels: FP8 block-scaled (exact and DeepSeek numerics), grouped per expert, BF16.
+//
+// Two shapes of work (see docs/ARCHITECTURE.md, "Kernels"):
+// - decode (M ≤ kDecodeMaxM): bandwidth-bound. Each weight row is widened from FP8 (or BF16) in
+//   registers once and multiplied with all M activation rows; threads take contiguous row ranges.
+// - prefill (M > kDecodeMaxM): compute-bound. Activations are packed once per call into panels of
+//   32 rows, k-major ([k][32], or [k/2][32][2] BF16 pairs); a 128-row × 128-k tile of weights is
+//   dequantized once into a cache-resident buffer in its natural [n][k] layout; a 12 × 32
+//   register-blocked microkernel (weights broadcast, activations as vectors) computes each 128-wide
+//   partial sum, which is scaled and added to an FP32 tile, exactly the twin's order of operations.
+// Work is cut into items (task, 128-row weight chunk, activation panel range) run by OpenMP, so the
+// grouped (per-expert) call and the plain call execute the same per-element arithmetic: their
+// results are bit-identical.
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 
 #include "base/error.h"
+#include "base/fp8.h"
 #include "kernels/matmul.h"
+#include "kernels/simd.h"
 
 namespace epserve::kernels {
 
+namespace {
+
+constexpr int kDecodeMaxM = 8;    // up to this many rows: the streaming (decode) kernels
+constexpr int kPanel = 32;        // prefill activation rows per panel (two 16-float vectors)
+constexpr int kNr = 12;           // prefill weight rows per microkernel call
+constexpr int kNChunk = kQuantBlock;  // weight rows per work item (one scale block)
+constexpr int kNChunkPad = ceil_div(kNChunk, kNr) * kNr;  // 132
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define EPS_KERNELS_AVX512 1
+#endif
+#if defined(EPS_KERNELS_AVX512) && defined(__AVX512BF16__)
+#define EPS_KERNELS_BF16DOT 1
+#endif
+
+// 64-byte aligned scratch that grows and is reused (one per thread).
+struct Scratch {
+  struct Free { void operator()(void* p) const { std::free(p); } };
+  std::unique_ptr<char, Free> mem;
+  size_t bytes = 0;
+  template <class T>
+  T* get(size_t count) {
+    const size_t need = (count * sizeof(T) + 63) / 64 * 64;
+    if (need > bytes) {
+      mem.reset(static_cast<char*>(std::aligned_alloc(64, need)));
+      EPS_REQUIRE(mem != nullptr, "matmul: out of memory for scratch");
+      bytes = need;
+    }
+    return reinterpret_cast<T*>(mem.get());
+  }
+};
+thread_local Scratch tl_weights, tl_tile;
+
+template <class T>
+struct AlignedVec {
+  std::unique_ptr<T[], Scratch::Free> p;
+  void resize(size_t n) {
+    p.reset(static_cast<T*>(std::aligned_alloc(64, std::max<size_t>(64, (n * sizeof(T) + 63) / 64 * 64))));
+    EPS_REQUIRE(p != nullptr, "matmul: out of memory");
+  }
+  T* data() const { return p.get(); }
+};
+
+// FP8 code → value · 2^-8 (as the SIMD widening gives it), as float and as BF16 bits.
+struct Fp8Tables {
+  std::array<float, 256> f32{};
+  std::array<uint16_t, 256> bf16{};
+  Fp8Tables() {
+    for (int c = 0; c < 256; ++c) {
+      f32[c] = fp8_e4m3_table()[c] * (1.0f / 256);
+      bf16[c] = float_to_bf16(f32[c]).bits;
+    }
+  }
+};
+const Fp8Tables& fp8_tables() {
+  static const Fp8Tables t;
+  return t;
+}
+
+// A weight as the kernels see it: FP8 codes with block scales, or BF16 values (no scales).
+struct Weight {
+  const uint8_t* codes = nullptr;
+  const float* scales = nullptr;
+  const uint16_t* bf16 = nullptr;
+  int N = 0, K = 0, kb = 0;
+  bool is_bf16() const { return bf16 != nullptr; }
+};
+
+Weight view(const Fp8Matrix& w) {
+  EPS_REQUIRE(w.codes.size() >= size_t(w.rows) * w.cols, "matmul_fp8: weight codes too small");
+  EPS_REQUIRE(w.block_scales.size() >= size_t(ceil_div(w.rows, kQuantBlock)) * ceil_div(w.cols, kQuantBlock),
+              "matmul_fp8: block scales too small");
+  return Weight{w.codes.data(), w.block_scales.data(), nullptr, w.rows, w.cols, ceil_div(w.cols, kQuantBlock)};
+}
+Weight view(const Bf16Matrix& w) {
+  EPS_REQUIRE(w.values.size() >= size_t(w.rows) * w.cols, "matmul_bf16: weight too small");
+  static_assert(sizeof(bf16) == 2);
+  return Weight{nullptr, nullptr, reinterpret_cast<const uint16_t*>(w.values.data()), w.rows, w.cols,
+                ceil_div(w.cols, kQuantBlock)};
+}
+
+// Activations prepared once per product (per task in a grouped call).
+struct Activations {
+  int M = 0, K = 0, kb = 0;
+  bool deepseek = false;
+  bool prefill = false;
+  // Decode (and the scalar path): row-major [M][K]; exact → the caller's x, DeepSeek → the codes'
+  // values · 2^-8.
+  const float* x = nullptr;
+  const float* xscale = nullptr;  // DeepSeek: [M][kb]
+  // Prefill panels (32 rows, zero-padded): FP32 [panel][K][32] or BF16 pairs [panel][ceil(K/2)][32].
+  const float* xp = nullptr;
+  const uint32_t* xpb = nullptr;
+  const float* xps = nullptr;  // DeepSeek: scales [panel][kb][32]
+  int panels = 0;
+  // DeepSeek: the quantized rows (the caller's, or q).
+  const uint8_t* codes = nullptr;
+  const float* scales = nullptr;
+  // Storage.
+  Fp8Rows q;
+  AlignedVec<float> xd, xp_store, xps_store;
+  AlignedVec<uint32_t> xpb_store;
+};
+
+bool use_prefill(int M) {
+#ifdef EPS_KERNELS_AVX512
+  return M > kDecodeMaxM;
+#else
+  return false;  // the scalar path has one kernel
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantization.
+
+void quantize_rows_range(const float* x, int r0, int r1, int cols, uint8_t* codes, float* scales) {
+  const int blocks = ceil_div(cols, kQuantBlock);
+  for (int r = r0; r < r1; ++r) {
+    for (int b = 0; b < blocks; ++b) {
+      const int k0 = b * kQuantBlock, k1 = std::min(cols, k0 + kQuantBlock);
+      const float* xr = x + size_t(r) * cols;
+      uint8_t* cr = codes + size_t(r) * cols;
+#ifdef EPS_KERNELS_AVX512
+      __m512 amax = _mm512_setzero_ps();
+      for (int k = k0; k < k1; k += 16) {
+        const __m512 v = simd::load_floats16(xr + k, k1 - k);
+        amax = _mm512_max_ps(_mm512_abs_ps(v), amax);  // a NaN input leaves amax as it was, as std::max
+      }
+      const float scale = std::max(_mm512_reduce_max_ps(amax), 1e-4f) / kFp8Max;
+      scales[size_t(r) * blocks + b] = scale;
+      const __m512 vs = _mm512_set1_ps(scale);
+      for (int k = k0; k < k1; k += 16) {
+        const int n = std::min(16, k1 - k);
+        const __m512i c = simd::encode_fp8x16(_mm512_div_ps(simd::load_floats16(xr + k, n), vs));
+        _mm_mask_storeu_epi8(cr + k, simd::first_lanes16(n), _mm512_cvtepi32_epi8(c));
+      }
+#else
+      float amax = 0;
+      for (int k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
+      const float scale = std::max(amax, 1e-4f) / kFp8Max;
+      scales[size_t(r) * blocks + b] = scale;
+      for (int k = k0; k < k1; ++k) cr[k] = float_to_fp8_e4m3(xr[k] / scale);
+#endif
+    }
+  }
+}
+
+void quantize_rows(const float* x, int rows, int cols, Fp8Rows& out, bool par) {
+  out.rows = rows;
+  out.cols = cols;
+  out.codes.resize(size_t(rows) * cols);
+  out.scales.resize(size_t(rows) * ceil_div(cols, kQuantBlock));
+  const bool parallel = par && size_t(rows) * cols >= (size_t(1) << 16) && rows > 1;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int r = 0; r < rows; ++r) quantize_rows_range(x, r, r + 1, cols, out.codes.data(), out.scales.data());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preparing activations (once per product; par: spread over the OpenMP threads).
+
+// From DeepSeek-quantized rows (q already filled in a).
+void prepare_from_codes(Activations& a, bool par) {
+  const int M = a.M, K = a.K, kb = a.kb;
+  const auto& t = fp8_tables();
+  a.xscale = a.scales;
+  const uint8_t* codes = a.codes;
+  if (!a.prefill) {
+    a.xd.resize(size_t(M) * K);
+    float* xd = a.xd.data();
+    const long total = long(M) * K;
+#pragma omp parallel for schedule(static) if (par && total >= (1 << 16))
+    for (long i = 0; i < total; ++i) xd[i] = t.f32[codes[i]];
+    a.x = xd;
+    return;
+  }
+  a.panels = ceil_div(M, kPanel);
+  a.xps_store.resize(size_t(a.panels) * kb * kPanel);
+  float* xps = a.xps_store.data();
+  for (int p = 0; p < a.panels; ++p)
+    for (int b = 0; b < kb; ++b)
+      for (int i = 0; i < kPanel; ++i) {
+        const int m = p * kPanel + i;
+        xps[(size_t(p) * kb + b) * kPanel + i] = m < M ? a.scales[size_t(m) * kb + b] : 0.0f;
+      }
+  a.xps = xps;
+#ifdef EPS_KERNELS_BF16DOT
+  const int K2 = ceil_div(K, 2);
+  a.xpb_store.resize(size_t(a.panels) * K2 * kPanel);
+  uint32_t* xpb = a.xpb_store.data();
+#pragma omp parallel for schedule(static) if (par && a.panels > 1)
+  for (int p = 0; p < a.panels; ++p) {
+    uint32_t* dst = xpb + size_t(p) * K2 * kPanel;
+    for (int i = 0; i < kPanel; ++i) {
+      const int m = p * kPanel + i;
+      if (m >= M) {
+        for (int kp = 0; kp < K2; ++kp) dst[size_t(kp) * kPanel + i] = 0;
+        continue;
+      }
+      const uint8_t* row = codes + size_t(m) * K;
+      for (int kp = 0; kp < K2; ++kp) {
+        const uint32_t lo = t.bf16[row[2 * kp]];
+        const uint32_t hi = 2 * kp + 1 < K ? t.bf16[row[2 * kp + 1]] : 0u;
+        dst[size_t(kp) * kPanel + i] = lo | (hi << 16);
+      }
+    }
+  }
+  a.xpb = xpb;
+#else
+  a.xp_store.resize(size_t(a.panels) * K * kPanel);
+  float* xp = a.xp_store.data();
+#pragma omp parallel for schedule(static) if (par && a.panels > 1)
+  for (int p = 0; p < a.panels; ++p) {
+    float* dst = xp + size_t(p) * K * kPanel;
+    for (int i = 0; i < kPanel; ++i) {
+      const int m = p * kPanel + i;
+      for (int k = 0; k < K; ++k) dst[size_t(k) * kPanel + i] = m < M ? t.f32[codes[size_t(m) * K + k]] : 0.0f;
+    }
+  }
+  a.xp = xp;
+#endif
+}
+
+// Exact numerics (and BF16 weights): the caller's FP32 rows, packed into panels for prefill.
+void prepare_exact(Activations& a, const float* x, bool par) {
+  a.x = x;
+  if (!a.prefill) return;
+  const int M = a.M, K = a.K;
+  a.panels = ceil_div(M, kPanel);
+  a.xp_store.resize(size_t(a.panels) * K * kPanel);
+  float* xp = a.xp_store.data();
+  constexpr int kTile = 64;  // transpose in 32 × 64 tiles: reads and writes stay in L1
+#pragma omp parallel for schedule(static) if (par && a.panels > 1)
+  for (int p = 0; p < a.panels; ++p) {
+    float* dst = xp + size_t(p) * K * kPanel;
+    for (int k0 = 0; k0 < K; k0 += kTile) {
+      const int k1 = std::min(K, k0 + kTile);
+      for (int i = 0; i < kPanel; ++i) {
+        const int m = p * kPanel + i;
+        if (m < M) {
+          const float* src = x + size_t(m) * K;
+          for (int k = k0; k < k1; ++k) dst[size_t(k) * kPanel + i] = src[k];
+        } else {
+          for (int k = k0; k < k1; ++k) dst[size_t(k) * kPanel + i] = 0.0f;
+        }
+      }
+    }
+  }
+  a.xp = xp;
+}
+
+// par: whether to use the OpenMP threads (false when called inside a parallel region).
+void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const Fp8Rows* quantized, bool par) {
+  a.M = M;
+  a.K = K;
+  a.kb = ceil_div(K, kQuantBlock);
+  a.deepseek = deepseek;
+  a.prefill = use_prefill(M);
+  if (!deepseek) return prepare_exact(a, x, par);
+  if (!quantized) {
+    quantize_rows(x, M, K, a.q, par);
+    quantized = &a.q;
+  }
+  a.codes = quantized->codes.data();
+  a.scales = quantized->scales.data();
+  prepare_from_codes(a, par);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode kernels: rows [n0, n1) of y for all M (≤ kDecodeMaxM) activation rows.
+
+#ifdef EPS_KERNELS_AVX512
+
+// R weight rows at a time, each widened once and used for all M rows.
+template <int M, int R>
+void decode_fp8_rows(const Activations& a, const Weight& w, int n, float* y, int ldy) {
+  const int K = a.K, kb = a.kb;
+  __m512 acc[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int b = 0; b < kb; ++b) {
+    const int k0 = b * kQuantBlock, kc = std::min(kQuantBlock, K - k0);
+    __m512 part[R][M];
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) part[r][m] = _mm512_setzero_ps();
+    for (int kk = 0; kk < kc; kk += 16) {
+      const int len = kc - kk;
+      __m512 xv[M];
+      for (int m = 0; m < M; ++m) xv[m] = simd::load_floats16(a.x + size_t(m) * K + k0 + kk, len);
+      for (int r = 0; r < R; ++r) {
+        const __m512 wv = simd::widen_fp8x16(simd::load_codes16(w.codes + size_t(n + r) * K + k0 + kk, len));
+        for (int m = 0; m < M; ++m) part[r][m] = _mm512_fmadd_ps(xv[m], wv, part[r][m]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float ws = w.scales[size_t((n + r) / kQuantBlock) * kb + b];
+      for (int m = 0; m < M; ++m) {
+        // DeepSeek: (x scale · w scale) as the twin rounds it, times 2^16 for the two widenings.
+        const float s = a.deepseek ? (a.xscale[size_t(m) * kb + b] * ws) * (simd::kFp8WidenScale * simd::kFp8WidenScale)
+                                   : ws * simd::kFp8WidenScale;
+        acc[r][m] = _mm512_fmadd_ps(part[r][m], _mm512_set1_ps(s), acc[r][m]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) {
+      const float v = simd::reduce_add(acc[r][m]);
+      y[size_t(m) * ldy + n + r] = a.deepseek ? round_to_bf16(v) : v;
+    }
+}
+
+template <int M, int R>
+void decode_bf16_rows(const Activations& a, const Weight& w, int n, float* y, int ldy) {
+  const int K = a.K;
+  __m512 acc[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int k = 0; k < K; k += 16) {
+    const int len = K - k;
+    __m512 xv[M];
+    for (int m = 0; m < M; ++m) xv[m] = simd::load_floats16(a.x + size_t(m) * K + k, len);
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = simd::widen_bf16x16(w.bf16 + size_t(n + r) * K + k, len);
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm512_fmadd_ps(xv[m], wv, acc[r][m]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) y[size_t(m) * ldy + n + r] = simd::reduce_add(acc[r][m]);
+}
+
+template <int M>
+void decode_range_m(const Activations& a, const Weight& w, int n0, int n1, float* y, int ldy) {
+  // Several weight rows at a time give independent FMA chains when M is small.
+  constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
+  int n = n0;
+  if (w.is_bf16()) {
+    for (; n + R <= n1; n += R) decode_bf16_rows<M, R>(a, w, n, y, ldy);
+    for (; n < n1; ++n) decode_bf16_rows<M, 1>(a, w, n, y, ldy);
+  } else {
+    for (; n + R <= n1; n += R) decode_fp8_rows<M, R>(a, w, n, y, ldy);
+    for (; n < n1; ++n) decode_fp8_rows<M, 1>(a, w, n, y, ldy);
+  }
+}
+
+void decode_range(const Activations& a, const Weight& w, int n0, int n1, float* y, int ldy) {
+  switch (a.M) {
+    case 1: return decode_range_m<1>(a, w, n0, n1, y, ldy);
+    case 2: return decode_range_m<2>(a, w, n0, n1, y, ldy);
+    case 3: return decode_range_m<3>(a, w, n0, n1, y, ldy);
+    case 4: return decode_range_m<4>(a, w, n0, n1, y, ldy);
+    case 5: return decode_range_m<5>(a, w, n0, n1, y, ldy);
+    case 6: return decode_range_m<6>(a, w, n0, n1, y, ldy);
+    case 7: return decode_range_m<7>(a, w, n0, n1, y, ldy);
+    case 8: return decode_range_m<8>(a, w, n0, n1, y, ldy);
+    default: EPS_REQUIRE(false, "decode_range: M out of range");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill microkernels: kNr weight rows × V·16 activation rows, one k-block; the partial sums are
+// scaled and added to the FP32 tile ct ([n][ldc], activation rows contiguous).
+
+template <int V>
+inline void micro_f32(const float* xp, const float* wd, int kc, float* ct, int ldc, const __m512* s) {
+  __m512 acc[kNr][V];
+#pragma GCC unroll 12
+  for (int j = 0; j < kNr; ++j)
+    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
+  for (int k = 0; k < kc; ++k) {
+    __m512 xv[V];
+    for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(xp + size_t(k) * kPanel + 16 * v);
+#pragma GCC unroll 12
+    for (int j = 0; j < kNr; ++j) {
+      const __m512 wv = _mm512_set1_ps(wd[j * kQuantBlock + k]);
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(xv[v], wv, acc[j][v]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int j = 0; j < kNr; ++j)
+    for (int v = 0; v < V; ++v) {
+      float* c = ct + size_t(j) * ldc + 16 * v;
+      _mm512_store_ps(c, _mm512_fmadd_ps(acc[j][v], s[v], _mm512_load_ps(c)));
+    }
+}
+
+#ifdef EPS_KERNELS_BF16DOT
+template <int V>
+inline void micro_bf16(const uint32_t* xp, const uint16_t* wd, int kc2, float* ct, int ldc, const __m512* s) {
+  __m512 acc[kNr][V];
+#pragma GCC unroll 12
+  for (int j = 0; j < kNr; ++j)
+    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
+  for (int kp = 0; kp < kc2; ++kp) {
+    __m512bh xv[V];
+    for (int v = 0; v < V; ++v) xv[v] = (__m512bh)_mm512_load_si512(xp + size_t(kp) * kPanel + 16 * v);
+#pragma GCC unroll 12
+    for (int j = 0; j < kNr; ++j) {
+      uint32_t pair;
+      std::memcpy(&pair, wd + j * kQuantBlock + 2 * kp, 4);
+      const __m512bh wv = (__m512bh)_mm512_set1_epi32(int(pair));
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], xv[v], wv);
+    }
+  }
+#pragma GCC unroll 12
+  for (int j = 0; j < kNr; ++j)
+    for (int v = 0; v < V; ++v) {
+      float* c = ct + size_t(j) * ldc + 16 * v;
+      _mm512_store_ps(c, _mm512_fmadd_ps(acc[j][v], s[v], _mm512_load_ps(c)));
+    }
+}
+#endif
+
+// Dequantize weight rows [n0, n0+nn) × k-block [k0, k0+kc) into wd[kNChunkPad][128] (rows ≥ nn
+// and columns ≥ kc are zero). FP32 values carry 2^-8 (FP8) or are exact (BF16 weights).
+void dequant_tile_f32(const Weight& w, int n0, int nn, int k0, int kc, float* wd) {
+  for (int r = 0; r < nn; ++r) {
+    float* dst = wd + size_t(r) * kQuantBlock;
+    if (w.is_bf16()) {
+      const uint16_t* src = w.bf16 + size_t(n0 + r) * w.K + k0;
+      for (int k = 0; k < kc; k += 16) _mm512_store_ps(dst + k, simd::widen_bf16x16(src + k, kc - k));
+    } else {
+      const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
+      for (int k = 0; k < kc; k += 32) {
+        __m512 lo, hi;
+        simd::widen_fp8x32(simd::load_codes32(src + k, kc - k), lo, hi);
+        _mm512_store_ps(dst + k, lo);
+        if (k + 16 < kQuantBlock) _mm512_store_ps(dst + k + 16, hi);
+      }
+    }
+    // Columns past the last full 16 are already zero (masked loads); clear the rest of the row.
+    for (int k = ceil_div(kc, 16) * 16; k < kQuantBlock; ++k) dst[k] = 0.0f;
+  }
+  std::memset(wd + size_t(nn) * kQuantBlock, 0, sizeof(float) * size_t(kNChunkPad - nn) * kQuantBlock);
+}
+
+#ifdef EPS_KERNELS_BF16DOT
+void dequant_tile_bf16(const Weight& w, int n0, int nn, int k0, int kc, uint16_t* wd) {
+  for (int r = 0; r < nn; ++r) {
+    uint16_t* dst = wd + size_t(r) * kQuantBlock;
+    const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
+    for (int k = 0; k < kQuantBlock; k += 32) {
+      __m512 lo, hi;
+      simd::widen_fp8x32(simd::load_codes32(src + k, std::max(0, kc - k)), lo, hi);
+      _mm512_store_si512(dst + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));  // exact: FP8 values fit BF16
+    }
+  }
+  std::memset(wd + size_t(nn) * kQuantBlock, 0, sizeof(uint16_t) * size_t(kNChunkPad - nn) * kQuantBlock);
+}
+#endif
+
+// Weight rows [n0, n1) (inside one 128-row scale block) × activation panels [p0, p1).
+void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0, int p1, float* y, int ldy) {
+  const int K = a.K, kb = a.kb, nn = n1 - n0, groups = ceil_div(nn, kNr);
+  const int ldc = (p1 - p0) * kPanel;
+  float* ct = tl_tile.get<float>(size_t(kNChunkPad) * ldc);
+  std::memset(ct, 0, sizeof(float) * size_t(groups) * kNr * ldc);
+  const bool bf16dot =
+#ifdef EPS_KERNELS_BF16DOT
+      a.deepseek;
+#else
+      false;
+#endif
+  float* wd = tl_weights.get<float>(size_t(kNChunkPad) * kQuantBlock);
+  const int K2 = ceil_div(K, 2);
+  for (int b = 0; b < kb; ++b) {
+    const int k0 = b * kQuantBlock, kc = std::min(kQuantBlock, K - k0);
+    float ws = 1.0f;
+    if (!w.is_bf16()) ws = w.scales[size_t(n0 / kQuantBlock) * kb + b];
+#ifdef EPS_KERNELS_BF16DOT
+    if (bf16dot) dequant_tile_bf16(w, n0, nn, k0, kc, reinterpret_cast<uint16_t*>(wd));
+    else
+#endif
+      dequant_tile_f32(w, n0, nn, k0, kc, wd);
+    for (int p = p0; p < p1; ++p) {
+      const int rows = std::min(kPanel, a.M - p * kPanel);
+      float* ctp = ct + (p - p0) * kPanel;
+      __m512 s[2];
+      if (a.deepseek) {
+        // (x scale · w scale) rounded as the twin does, times 2^16 for the two widenings (exact).
+        const __m512 vws = _mm512_set1_ps(ws);
+        const __m512 two16 = _mm512_set1_ps(simd::kFp8WidenScale * simd::kFp8WidenScale);
+        for (int v = 0; v < 2; ++v)
+          s[v] = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(a.xps + (size_t(p) * kb + b) * kPanel + 16 * v), vws), two16);
+      } else {
+        s[0] = s[1] = _mm512_set1_ps(w.is_bf16() ? 1.0f : ws * simd::kFp8WidenScale);
+      }
+      for (int g = 0; g < groups; ++g) {
+        float* ctg = ctp + size_t(g) * kNr * ldc;
+#ifdef EPS_KERNELS_BF16DOT
+        if (bf16dot) {
+          const uint32_t* xp = a.xpb + (size_t(p) * K2 + k0 / 2) * kPanel;
+          const uint16_t* wg = reinterpret_cast<const uint16_t*>(wd) + size_t(g) * kNr * kQuantBlock;
+          const int kc2 = ceil_div(kc, 2);
+          if (rows > 16) micro_bf16<2>(xp, wg, kc2, ctg, ldc, s);
+          else micro_bf16<1>(xp, wg, kc2, ctg, ldc, s);
+          continue;
+        }
+#endif
+        const float* xp = a.xp + (size_t(p) * K + k0) * kPanel;
+        const float* wg = wd + size_t(g) * kNr * kQuantBlock;
+        if (rows > 16) micro_f32<2>(xp, wg, kc, ctg, ldc, s);
+        else micro_f32<1>(xp, wg, kc, ctg, ldc, s);
+      }
+    }
+  }
+  (void)K2;
+  // Transpose the tile out into y (rounding to BF16 under DeepSeek numerics).
+  const int m0 = p0 * kPanel, rows = std::min(a.M, p1 * kPanel) - m0;
+  for (int m = 0; m < rows; ++m) {
+    float* yr = y + size_t(m0 + m) * ldy + n0;
+    if (a.deepseek)
+      for (int r = 0; r < nn; ++r) yr[r] = round_to_bf16(ct[size_t(r) * ldc + m]);
+    else
+      for (int r = 0; r < nn; ++r) yr[r] = ct[size_t(r) * ldc + m];
+  }
+}
+
+#else  // no AVX-512: scalar kernels with the twin's order of operations per element.
+
+void decode_range(const Activations& a, const Weight& w, int n0, int n1, float* y, int ldy) {
+  const int K = a.K, kb = a.kb;
+  const auto& t = fp8_tables();
+  for (int m = 0; m < a.M; ++m)
+    for (int n = n0; n < n1; ++n) {
+      float acc = 0;
+      if (w.is_bf16()) {
+        for (int k = 0; k < K; ++k)
+          acc += a.x[size_t(m) * K + k] * bf16_to_float(bf16{w.bf16[size_t(n) * K + k]});
+        y[size_t(m) * ldy + n] = acc;
+        continue;
+      }
+      for (int b = 0; b < kb; ++b) {
+        const int k0 = b * kQuantBlock, k1 = std::min(K, k0 + kQuantBlock);
+        float part = 0;
+        for (int k = k0; k < k1; ++k) part += a.x[size_t(m) * K + k] * t.f32[w.codes[size_t(n) * K + k]];
+        const float ws = w.scales[size_t(n / kQuantBlock) * kb + b];
+        acc += part * (a.deepseek ? (a.xscale[size_t(m) * kb + b] * ws) * 65536.0f : ws * 256.0f);
+      }
+      y[size_t(m) * ldy + n] = a.deepseek ? round_to_bf16(acc) : acc;
+    }
+}
+
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Work items and the parallel driver.
+
+struct Job {
+  const Activations* a;
+  Weight w;
+  float* y;
+};
+struct Item {
+  int job, n0, n1, p0, p1;  // decode items have p0 = p1 = 0
+};
+
+// Items for one product; target_items is how many pieces this product should be cut into.
+void add_items(std::vector<Item>& items, int job, const Activations& a, const Weight& w, int target_items) {
+  const int N = w.N;
+  if (N == 0 || a.M == 0) return;
+#ifdef EPS_KERNELS_AVX512
+  if (a.prefill) {
+    const int nchunks = ceil_div(N, kNChunk);
+    const int mchunks = std::clamp(ceil_div(target_items, nchunks), 1, std::max(1, a.panels / 4));
+    const int pc = std::min(32, ceil_div(a.panels, mchunks));  // ≤ 1024 rows: the tile stays in L2
+    for (int nc = 0; nc < nchunks; ++nc)
+      for (int p = 0; p < a.panels; p += pc)
+        items.push_back({job, nc * kNChunk, std::min(N, (nc + 1) * kNChunk), p, std::min(a.panels, p + pc)});
+    return;
+  }
+#endif
+  // Decode: contiguous row ranges (multiples of 16 rows), each a stream through memory.
+  const int step = std::max(16, ceil_div(ceil_div(N, std::max(1, target_items)), 16) * 16);
+  for (int n = 0; n < N; n += step) items.push_back({job, n, std::min(N, n + step), 0, 0});
+}
+
+void run_item(const Job& j, const Item& it) {
+  const Activations& a = *j.a;
+#ifdef EPS_KERNELS_AVX512
+  if (a.prefill) return prefill_item(a, j.w, it.n0, it.n1, it.p0, it.p1, j.y, j.w.N);
+#endif
+  decode_range(a, j.w, it.n0, it.n1, j.y, j.w.N);
+}
+
+void run_items(const std::vector<Job>& jobs, const std::vector<Item>& items, bool dynamic) {
+  const int n = int(items.size());
+  if (n == 1) return run_item(jobs[items[0].job], items[0]);
+  if (dynamic) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < n; ++i) run_item(jobs[items[i].job], items[i]);
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; ++i) run_item(jobs[items[i].job], items[i]);
+  }
+}
+
+void matmul_one(const float* x, const Fp8Rows* quantized, int M, const Weight& w, float* y, bool deepseek) {
+  Activations a;
+  prepare(a, x, M, w.K, deepseek, quantized, true);
+  const int threads = omp_get_max_threads();
+  std::vector<Job> jobs{{&a, w, y}};
+  std::vector<Item> items;
+  add_items(items, 0, a, w, a.prefill ? 4 * threads : threads);
+  run_items(jobs, items, a.prefill);
+}
+
+}  // namespace
+
 void quantize_rows_fp8(std::span<const float> x, int rows, int cols, Fp8Rows& out) {
-  quantize_rows_fp8_reference(x, rows, cols, out);
+  EPS_REQUIRE(x.size() >= size_t(rows) * cols, "quantize_rows_fp8: input too small");
+  quantize_rows(x.data(), rows, cols, out, true);
 }
 
 void matmul_fp8(std::span<const float> x, int M, const Fp8Matrix& w, std::span<float> y, Numerics mode) {
-  const int K = w.cols, N = w.rows;
-#pragma omp parallel for schedule(static)
-  for (int m = 0; m < M; ++m)
-    matmul_fp8_reference(x.subspan(size_t(m) * K, K), 1, w, y.subspan(size_t(m) * N, N), mode);
+  EPS_REQUIRE(x.size() >= size_t(M) * w.cols && y.size() >= size_t(M) * w.rows, "matmul_fp8: buffer too small");
+  matmul_one(x.data(), nullptr, M, view(w), y.data(), mode == Numerics::kDeepSeek);
 }
 
 void matmul_fp8_quantized(const Fp8Rows& x, const Fp8Matrix& w, std::span<float> y) {
-  EPS_REQUIRE(false, "matmul_fp8_quantized: not built yet");
+  EPS_REQUIRE(x.cols == w.cols, "matmul_fp8_quantized: x.cols != w.cols");
+  EPS_REQUIRE(x.codes.size() >= size_t(x.rows) * x.cols &&
+                  x.scales.size() >= size_t(x.rows) * ceil_div(x.cols, kQuantBlock),
+              "matmul_fp8_quantized: activations too small");
+  EPS_REQUIRE(y.size() >= size_t(x.rows) * w.rows, "matmul_fp8_quantized: output too small");
+  matmul_one(nullptr, &x, x.rows, view(w), y.data(), true);
 }
 
 void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode) {
-  for (const auto& t : tasks) matmul_fp8(t.x, t.M, *t.w, t.y, mode);
+  const int T = int(tasks.size());
+  if (T == 0) return;
+  const bool deepseek = mode == Numerics::kDeepSeek;
+  for (const auto& t : tasks) {
+    EPS_REQUIRE(t.w != nullptr, "matmul_fp8_grouped: task without weight");
+    EPS_REQUIRE(t.x.size() >= size_t(t.M) * t.w->cols && t.y.size() >= size_t(t.M) * t.w->rows,
+                "matmul_fp8_grouped: buffer too small");
+  }
+  // Phase 1: quantize / pack each task's activations (parallel over tasks).
+  std::vector<Activations> acts(T);
+#pragma omp parallel for schedule(dynamic, 1) if (T > 1)
+  for (int i = 0; i < T; ++i) prepare(acts[i], tasks[i].x.data(), tasks[i].M, tasks[i].w->cols, deepseek, nullptr, T == 1);
+  // Phase 2: (task, output block) items, largest products first so that the tail is short.
+  std::vector<Job> jobs;
+  jobs.reserve(T);
+  std::vector<Item> items;
+  const int threads = omp_get_max_threads();
+  for (int i = 0; i < T; ++i) {
+    jobs.push_back({&acts[i], view(*tasks[i].w), tasks[i].y.data()});
+    // Cut each product into 128-row output blocks (decode) or its natural items (prefill).
+    const int target = acts[i].prefill ? 1 : ceil_div(tasks[i].w->rows, kNChunk);
+    add_items(items, i, acts[i], jobs.back().w, T == 1 ? 4 * threads : target);
+  }
+  std::stable_sort(items.begin(), items.end(), [&](const Item& l, const Item& r) {
+    auto cost = [&](const Item& it) {
+      const auto& a = *jobs[it.job].a;
+      const int rows = a.prefill ? std::min(a.M, it.p1 * kPanel) - it.p0 * kPanel : a.M;
+      return double(rows) * (it.n1 - it.n0) * a.K;
+    };
+    return cost(l) > cost(r);
+  });
+  run_items(jobs, items, true);
 }
 
 void matmul_bf16(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y) {
-  const int N = w.rows, K = w.cols;
-#pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; ++n)
-    for (int m = 0; m < M; ++m) {
-      float acc = 0;
-      for (int k = 0; k < K; ++k) acc += x[size_t(m) * K + k] * bf16_to_float(w.values[size_t(n) * K + k]);
-      y[size_t(m) * N + n] = acc;
-    }
+  EPS_REQUIRE(x.size() >= size_t(M) * w.cols && y.size() >= size_t(M) * w.rows, "matmul_bf16: buffer too small");
+  matmul_one(x.data(), nullptr, M, view(w), y.data(), false);
 }
 
 }  // namespace epserve::kernels

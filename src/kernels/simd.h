@@ -1,0 +1,109 @@
+// Small named SIMD building blocks for the matmul kernels, so that the kernels read as matmuls.
+// Only compiled for targets with AVX-512F/BW (the kernels keep scalar paths otherwise).
+//
+// FP8 E4M3 → float: the code is placed in FP16 format, fp16 bits = (sign << 15) | ((code & 0x7f) << 7),
+// which is exactly value · 2^-8 for normals and subnormals alike (E4M3 has 3 mantissa bits and an
+// exponent bias of 7; FP16 has 10 and 15: same subnormal threshold after the shift). vcvtph2ps then
+// gives the float. Callers fold the 2^8 (or 2^16 for a product of two such values) into the block
+// scale, which is exact: scaling by a power of two commutes with rounding while nothing over- or
+// underflows (the smallest product of two scaled codes is 2^-34, far above FP32's normal range).
+#pragma once
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+// GCC 12 reports the "undefined" pass-through operand inside its own masked-load and convert
+// intrinsics as uninitialized at every inlining site (a known false positive); the diagnostics
+// are meaningless for code built on these helpers.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+namespace epserve::kernels::simd {
+
+// 2^8: what widen_fp8 leaves out of each value.
+constexpr float kFp8WidenScale = 256.0f;
+
+// 32 E4M3 codes (sign-extended to 16 bits) → their FP16 bit patterns (value · 2^-8).
+inline __m512i fp8x32_to_fp16_bits(__m256i codes) {
+  const __m512i words = _mm512_cvtepi8_epi16(codes);  // sign extension puts the sign in bit 15
+  return _mm512_and_si512(_mm512_slli_epi16(words, 7), _mm512_set1_epi16(int16_t(0xBF80)));
+}
+
+// 16 E4M3 codes → 16 floats, each value · 2^-8.
+inline __m512 widen_fp8x16(__m128i codes) {
+  const __m256i words = _mm256_cvtepi8_epi16(codes);
+  const __m256i half = _mm256_and_si256(_mm256_slli_epi16(words, 7), _mm256_set1_epi16(int16_t(0xBF80)));
+  return _mm512_cvtph_ps(half);
+}
+
+// 32 E4M3 codes → two vectors of 16 floats (codes 0..15, 16..31), each value · 2^-8.
+inline void widen_fp8x32(__m256i codes, __m512& lo, __m512& hi) {
+  const __m512i half = fp8x32_to_fp16_bits(codes);
+  lo = _mm512_cvtph_ps(_mm512_castsi512_si256(half));
+  hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(half, 1));
+}
+
+// Loads of n ≤ 16 (or 32) bytes/floats, zero-filled beyond n.
+inline __mmask16 first_lanes16(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+inline __mmask32 first_lanes32(int n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << n) - 1); }
+inline __m128i load_codes16(const uint8_t* p, int n) {
+  return n >= 16 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)) : _mm_maskz_loadu_epi8(first_lanes16(n), p);
+}
+inline __m256i load_codes32(const uint8_t* p, int n) {
+  return n >= 32 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                 : _mm256_maskz_loadu_epi8(first_lanes32(n), p);
+}
+inline __m512 load_floats16(const float* p, int n) {
+  return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first_lanes16(n), p);
+}
+
+// 16 BF16 values → 16 floats (exact).
+inline __m512 widen_bf16x16(const uint16_t* p, int n = 16) {
+  const __m256i v = n >= 16 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                            : _mm256_maskz_loadu_epi16(first_lanes16(n), p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+// Round 16 floats to the nearest BF16 value (ties to even; NaN stays NaN), as round_to_bf16 does.
+inline __m512 round_to_bf16x16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+  r = _mm512_and_si512(r, _mm512_set1_epi32(int32_t(0xffff0000u)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  const __m512i quiet = _mm512_and_si512(_mm512_or_si512(u, _mm512_set1_epi32(0x00400000)),
+                                         _mm512_set1_epi32(int32_t(0xffff0000u)));
+  return _mm512_castsi512_ps(_mm512_mask_mov_epi32(r, nan, quiet));
+}
+
+// 16 floats → 16 E4M3 codes (in the low byte of each 32-bit lane), round to nearest even,
+// saturating to ±448, NaN → 0x7f: bit for bit float_to_fp8_e4m3 (base/fp8.cpp).
+inline __m512i encode_fp8x16(__m512 f) {
+  const __m512i u = _mm512_castps_si512(f);
+  const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), _mm512_set1_epi32(0x80));
+  const __m512i au = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  const __m512 a = _mm512_castsi512_ps(au);
+  // Normal range (a ≥ 2^-6): round the FP32 mantissa to 3 bits (ties to even) with an integer add;
+  // a carry moves into the exponent as it should. Then rebias the exponent from 127 to 7.
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(au, 20), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(au, _mm512_set1_epi32(0x7ffff)), odd);
+  const __m512i normal = _mm512_sub_epi32(_mm512_srli_epi32(rounded, 20), _mm512_set1_epi32(120 << 3));
+  // Below 2^-6 the grid is 2^-9 apart: nearest integer of a·2^9 (exact product; cvtps2dq rounds to
+  // nearest even), which also yields code 8 (= 2^-6) when a rounds up to the smallest normal.
+  const __m512i sub = _mm512_cvtps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)));
+  const __mmask16 is_sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.0f / 64), _CMP_LT_OQ);
+  __m512i code = _mm512_mask_mov_epi32(normal, is_sub, sub);
+  const __mmask16 big = _mm512_cmp_ps_mask(a, _mm512_set1_ps(448.0f), _CMP_GE_OQ);  // incl. infinity
+  code = _mm512_mask_mov_epi32(code, big, _mm512_set1_epi32(0x7e));
+  code = _mm512_or_si512(code, sign);
+  const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
+  return _mm512_mask_mov_epi32(code, nan, _mm512_set1_epi32(0x7f));
+}
+
+inline float reduce_add(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+}  // namespace epserve::kernels::simd
+#endif

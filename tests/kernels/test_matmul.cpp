@@ -1,0 +1,367 @@
+// The fast kernels against their scalar twins and against FP64 evaluations of the same math, on
+// fresh random inputs each run (the seed is printed with every failure).
+//
+// Bounds asserted (u = 2^-24, FP32 unit roundoff):
+// - exact numerics and BF16 weights, against FP64: |y − y64| ≤ (min(K,128) + kb + 6)·u·Σ|x·w·s|.
+//   Every product passes through at most 128 roundings inside its 128-block partial sum (or K/16
+//   in a 16-lane chain), kb when the scaled partials are summed, one for the scale and ≤ 5 for the
+//   lane reduction: the standard (Higham) worst-case bound for that summation tree.
+// - DeepSeek numerics, fast against twin: products of two FP8 values are exact in FP32, so the two
+//   differ only in summation order. Each is within γ·Σ|s·qx·qw| of the exact value before its BF16
+//   rounding (γ as above), and each BF16 rounding moves it by at most half a BF16 ulp of the
+//   result, so |fast − twin| ≤ 2γ·Σ|s·qx·qw| + ulp_bf16(max(|fast|, |twin|)): one BF16 step when
+//   the two FP32 sums straddle a rounding midpoint. In practice most outputs are bit-equal.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "base/bf16.h"
+#include "base/fp8.h"
+#include "kernels/matmul.h"
+#include "kernels/simd.h"
+
+using namespace epserve;
+using namespace epserve::kernels;
+
+namespace {
+
+uint64_t fresh_seed() {
+  std::random_device rd;
+  return (uint64_t(rd()) << 32) | rd();
+}
+
+struct Weight {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  Fp8Matrix m;
+};
+
+// Random FP8 codes: mostly uniform over finite codes, with many subnormal and extreme codes.
+uint8_t random_code(std::mt19937_64& rng) {
+  const int kind = int(rng() % 10);
+  uint8_t c;
+  if (kind == 0) c = uint8_t(rng() % 8);  // subnormal (and zero)
+  else if (kind == 1) {
+    static const uint8_t extreme[] = {0x7e, 0x7d, 0x00, 0x01, 0x08, 0x07, 0x77, 0x78};
+    c = extreme[rng() % 8];
+  } else c = uint8_t(rng() % 0x7f);
+  if (c == 0x7f) c = 0x7e;
+  return uint8_t(c | (rng() & 1 ? 0x80 : 0));
+}
+
+Weight make_weight(int N, int K, std::mt19937_64& rng) {
+  Weight w;
+  w.codes.resize(size_t(N) * K);
+  for (auto& c : w.codes) c = random_code(rng);
+  const int nb = ceil_div(N, kQuantBlock), kb = ceil_div(K, kQuantBlock);
+  w.scales.resize(size_t(nb) * kb);
+  std::uniform_real_distribution<float> e(-14, 4), f(1, 2);
+  for (auto& s : w.scales) s = std::exp2(std::round(e(rng))) * f(rng);  // several orders of magnitude
+  w.m = Fp8Matrix{w.codes, w.scales, N, K};
+  return w;
+}
+
+// Activations: normal values, magnitude varying per row and per 128-block (2^-8 .. 2^8), some
+// outliers, exact zeros, and one all-zero row when M > 2.
+std::vector<float> make_x(int M, int K, std::mt19937_64& rng) {
+  std::vector<float> x(size_t(M) * K);
+  std::normal_distribution<float> nd;
+  std::uniform_real_distribution<float> e(-8, 8);
+  for (int m = 0; m < M; ++m)
+    for (int b = 0; b < ceil_div(K, kQuantBlock); ++b) {
+      const float mag = std::exp2(e(rng));
+      for (int k = b * kQuantBlock; k < std::min(K, (b + 1) * kQuantBlock); ++k) {
+        float v = nd(rng) * mag;
+        const int r = int(rng() % 64);
+        if (r == 0) v = 0;
+        if (r == 1) v *= 100;
+        x[size_t(m) * K + k] = v;
+      }
+    }
+  if (M > 2)
+    for (int k = 0; k < K; ++k) x[size_t(1) * K + k] = 0;
+  return x;
+}
+
+constexpr double kU = 1.0 / (1 << 24);
+// Spacing of BF16 values at |v| (v already a BF16 value or not): 2^(exponent − 7).
+double bf16_ulp(double v) {
+  if (v == 0) return 0;
+  int e;
+  std::frexp(std::fabs(v), &e);  // |v| in [2^(e-1), 2^e)
+  return std::ldexp(1.0, e - 1 - 7);
+}
+double gamma_fast(int K) { return (std::min(K, kQuantBlock) + ceil_div(K, kQuantBlock) + 6) * kU; }
+
+// FP64 evaluation of exact numerics: value and Σ|x·w·s|.
+void fp64_exact(const std::vector<float>& x, int M, const Weight& w, std::vector<double>& y, std::vector<double>& mag) {
+  const int N = w.m.rows, K = w.m.cols, kb = ceil_div(K, kQuantBlock);
+  const auto& t = fp8_e4m3_table();
+  y.assign(size_t(M) * N, 0);
+  mag.assign(size_t(M) * N, 0);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double acc = 0, a = 0;
+      for (int k = 0; k < K; ++k) {
+        const double s = w.scales[size_t(n / kQuantBlock) * kb + k / kQuantBlock];
+        const double p = double(x[size_t(m) * K + k]) * t[w.codes[size_t(n) * K + k]] * s;
+        acc += p;
+        a += std::fabs(p);
+      }
+      y[size_t(m) * N + n] = acc;
+      mag[size_t(m) * N + n] = a;
+    }
+}
+
+// Σ|s·qx·qw| of DeepSeek numerics (the twin's quantization of x), and the FP64 value before BF16.
+void fp64_deepseek(const std::vector<float>& x, int M, const Weight& w, std::vector<double>& y,
+                   std::vector<double>& mag) {
+  const int N = w.m.rows, K = w.m.cols, kb = ceil_div(K, kQuantBlock);
+  const auto& t = fp8_e4m3_table();
+  Fp8Rows q;
+  quantize_rows_fp8_reference(x, M, K, q);
+  y.assign(size_t(M) * N, 0);
+  mag.assign(size_t(M) * N, 0);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double acc = 0, a = 0;
+      for (int b = 0; b < kb; ++b) {
+        // The scale product as the kernels round it (FP32), the rest exact.
+        const double s = float(q.scales[size_t(m) * kb + b] * w.scales[size_t(n / kQuantBlock) * kb + b]);
+        double part = 0, apart = 0;
+        for (int k = b * kQuantBlock; k < std::min(K, (b + 1) * kQuantBlock); ++k) {
+          const double p = double(t[q.codes[size_t(m) * K + k]]) * t[w.codes[size_t(n) * K + k]];
+          part += p;
+          apart += std::fabs(p);
+        }
+        acc += part * s;
+        a += apart * std::fabs(s);
+      }
+      y[size_t(m) * N + n] = acc;
+      mag[size_t(m) * N + n] = a;
+    }
+}
+
+const int kMs[] = {1, 2, 3, 7, 8, 33, 129};
+const int kNs[] = {1, 48, 128, 200, 256};
+const int kKs[] = {32, 64, 100, 128, 200, 256, 384};
+
+TEST(Kernels, EncodeFp8MatchesScalarBitForBit) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::vector<float> in;
+  // Specials and every code's neighbourhood: the value, the midpoints to its neighbours and the
+  // floats one ulp either side of them (ties must go to even).
+  for (float v : {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 448.0f, 464.0f, 463.99f, 480.0f, 1e30f, 1e-40f,
+                  std::ldexp(1.0f, -10), 3 * std::ldexp(1.0f, -10), std::ldexp(1.0f, -6), 1e-45f})
+    in.push_back(v), in.push_back(-v);
+  for (int c = 0; c < 0x7e; ++c) {
+    const float lo = fp8_e4m3_to_float(uint8_t(c)), hi = fp8_e4m3_to_float(uint8_t(c + 1));
+    const float mid = (lo + hi) / 2;
+    for (float v : {lo, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f), hi}) in.push_back(v), in.push_back(-v);
+  }
+  std::uniform_real_distribution<float> e(-30, 12);
+  for (int i = 0; i < 400000; ++i) in.push_back(std::exp2(e(rng)) * (rng() & 1 ? -1.f : 1.f));
+  for (int i = 0; i < 400000; ++i) {  // arbitrary bit patterns, NaNs excluded later by the scalar's rule
+    uint32_t u = uint32_t(rng());
+    float f;
+    std::memcpy(&f, &u, 4);
+    in.push_back(f);
+  }
+  while (in.size() % 16) in.push_back(1.0f);
+  int bad = 0;
+  for (size_t i = 0; i < in.size(); i += 16) {
+    alignas(64) int32_t out[16];
+    _mm512_store_si512(out, simd::encode_fp8x16(_mm512_loadu_ps(&in[i])));
+    for (int j = 0; j < 16; ++j) {
+      const uint8_t want = float_to_fp8_e4m3(in[i + j]);
+      if (uint8_t(out[j]) != want && ++bad < 10)
+        ADD_FAILURE() << "encode(" << in[i + j] << ") = " << out[j] << ", scalar " << int(want);
+    }
+  }
+  EXPECT_EQ(bad, 0);
+#else
+  GTEST_SKIP() << "no AVX-512 encoder on this target";
+#endif
+}
+
+TEST(Kernels, QuantizeRowsMatchesTwinBitForBit) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (int rows : {1, 3, 33, 300})
+    for (int cols : {1, 17, 32, 64, 100, 128, 200, 1024}) {
+      SCOPED_TRACE("rows " + std::to_string(rows) + " cols " + std::to_string(cols));
+      auto x = make_x(rows, cols, rng);
+      if (rows > 2) x[5 % x.size()] = 1e-7f;  // a tiny block entry
+      Fp8Rows want, got;
+      quantize_rows_fp8_reference(x, rows, cols, want);
+      quantize_rows_fp8(x, rows, cols, got);
+      ASSERT_EQ(got.rows, rows);
+      ASSERT_EQ(got.cols, cols);
+      ASSERT_EQ(got.scales, want.scales);
+      ASSERT_EQ(got.codes, want.codes);
+    }
+}
+
+TEST(Kernels, MatmulFp8ExactAgainstFp64AndTwin) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (int K : kKs)
+    for (int N : kNs) {
+      const Weight w = make_weight(N, K, rng);
+      for (int M : kMs) {
+        SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K));
+        const auto x = make_x(M, K, rng);
+        std::vector<float> fast(size_t(M) * N, NAN), twin(size_t(M) * N);
+        matmul_fp8(x, M, w.m, fast, Numerics::kExact);
+        matmul_fp8_reference(x, M, w.m, twin, Numerics::kExact);
+        std::vector<double> y64, mag;
+        fp64_exact(x, M, w, y64, mag);
+        const double g = gamma_fast(K);
+        for (size_t i = 0; i < fast.size(); ++i) {
+          ASSERT_LE(std::fabs(fast[i] - y64[i]), g * mag[i]) << "fast at " << i << ": " << fast[i] << " vs " << y64[i];
+          ASSERT_LE(std::fabs(twin[i] - y64[i]), (K + 2) * kU * mag[i]) << "twin at " << i;
+        }
+      }
+    }
+}
+
+TEST(Kernels, MatmulFp8DeepSeekAgainstTwin) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  size_t equal = 0, total = 0;
+  for (int K : kKs)
+    for (int N : kNs) {
+      const Weight w = make_weight(N, K, rng);
+      for (int M : kMs) {
+        SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K));
+        const auto x = make_x(M, K, rng);
+        std::vector<float> fast(size_t(M) * N, NAN), twin(size_t(M) * N), fromq(size_t(M) * N, NAN);
+        matmul_fp8(x, M, w.m, fast, Numerics::kDeepSeek);
+        matmul_fp8_reference(x, M, w.m, twin, Numerics::kDeepSeek);
+        Fp8Rows q;
+        quantize_rows_fp8(x, M, K, q);
+        matmul_fp8_quantized(q, w.m, fromq);
+        std::vector<double> y64, mag;
+        fp64_deepseek(x, M, w, y64, mag);
+        const double g = gamma_fast(K);
+        for (size_t i = 0; i < fast.size(); ++i) {
+          const double bound = 2 * g * mag[i] + bf16_ulp(std::max(std::fabs(fast[i]), std::fabs(twin[i])));
+          ASSERT_LE(std::fabs(fast[i] - twin[i]), bound) << "at " << i << ": " << fast[i] << " vs twin " << twin[i];
+          ASSERT_LE(std::fabs(fast[i] - y64[i]), g * mag[i] + bf16_ulp(fast[i]) / 2) << "vs fp64 at " << i;
+          ASSERT_EQ(fromq[i], fast[i]) << "matmul_fp8_quantized differs at " << i;
+          ASSERT_EQ(fast[i], round_to_bf16(fast[i])) << "output not BF16 at " << i;
+          equal += fast[i] == twin[i];
+          ++total;
+        }
+      }
+    }
+  std::printf("deepseek: %zu of %zu outputs bit-equal to the twin\n", equal, total);
+  EXPECT_GT(double(equal), 0.5 * double(total));  // only summation order differs
+}
+
+// Bigger shapes: several threads, several items per thread, K not a multiple of 128.
+TEST(Kernels, MatmulFp8LargeShapes) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int N = 1000, K = 1000;
+  const Weight w = make_weight(N, K, rng);
+  for (int M : {8, 9, 300}) {
+    SCOPED_TRACE("M " + std::to_string(M));
+    const auto x = make_x(M, K, rng);
+    std::vector<double> y64, mag;
+    for (auto mode : {Numerics::kExact, Numerics::kDeepSeek}) {
+      std::vector<float> fast(size_t(M) * N, NAN);
+      matmul_fp8(x, M, w.m, fast, mode);
+      if (mode == Numerics::kExact) fp64_exact(x, M, w, y64, mag);
+      else fp64_deepseek(x, M, w, y64, mag);
+      const double g = gamma_fast(K);
+      for (size_t i = 0; i < fast.size(); ++i) {
+        const double slack = mode == Numerics::kDeepSeek ? bf16_ulp(fast[i]) / 2 : 0.0;
+        ASSERT_LE(std::fabs(fast[i] - y64[i]), g * mag[i] + slack) << "at " << i;
+      }
+    }
+  }
+}
+
+TEST(Kernels, GroupedEqualsUngroupedBitForBit) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::vector<Weight> weights;
+  const int shapes[][2] = {{256, 1024}, {1024, 256}, {48, 100}, {200, 384}};
+  for (int i = 0; i < 24; ++i) weights.push_back(make_weight(shapes[i % 4][0], shapes[i % 4][1], rng));
+  std::vector<std::vector<float>> xs, ys;
+  std::vector<int> Ms;
+  for (int i = 0; i < 24; ++i) {
+    int M = int(rng() % 65);  // 0..64
+    if (i < 3) M = i == 0 ? 0 : i == 1 ? 1 : 9;
+    Ms.push_back(M);
+    xs.push_back(make_x(M, weights[i].m.cols, rng));
+  }
+  for (auto mode : {Numerics::kExact, Numerics::kDeepSeek}) {
+    std::vector<Fp8MatmulTask> tasks;
+    ys.assign(24, {});
+    for (int i = 0; i < 24; ++i) {
+      ys[i].assign(size_t(Ms[i]) * weights[i].m.rows, NAN);
+      tasks.push_back({xs[i], Ms[i], &weights[i].m, ys[i]});
+    }
+    matmul_fp8_grouped(tasks, mode);
+    for (int i = 0; i < 24; ++i) {
+      SCOPED_TRACE("task " + std::to_string(i) + " M " + std::to_string(Ms[i]));
+      std::vector<float> one(ys[i].size(), NAN);
+      matmul_fp8(xs[i], Ms[i], weights[i].m, one, mode);
+      for (size_t j = 0; j < one.size(); ++j) ASSERT_EQ(std::bit_cast<uint32_t>(ys[i][j]), std::bit_cast<uint32_t>(one[j])) << j;
+    }
+    // A single task goes through the same code.
+    std::vector<float> single(ys[3].size(), NAN);
+    Fp8MatmulTask t{xs[3], Ms[3], &weights[3].m, single};
+    matmul_fp8_grouped(std::span<const Fp8MatmulTask>(&t, 1), mode);
+    EXPECT_EQ(single, ys[3]);
+  }
+}
+
+TEST(Kernels, MatmulBf16AgainstFp64AndTwin) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd;
+  std::uniform_real_distribution<float> e(-10, 10);
+  for (int K : kKs)
+    for (int N : kNs) {
+      std::vector<bf16> wv(size_t(N) * K);
+      for (auto& v : wv) v = float_to_bf16(nd(rng) * std::exp2(e(rng)));
+      const Bf16Matrix w{wv, N, K};
+      for (int M : kMs) {
+        SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K));
+        const auto x = make_x(M, K, rng);
+        std::vector<float> fast(size_t(M) * N, NAN), twin(size_t(M) * N);
+        matmul_bf16(x, M, w, fast);
+        matmul_bf16_reference(x, M, w, twin);
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < N; ++n) {
+            double y64 = 0, mag = 0;
+            for (int k = 0; k < K; ++k) {
+              const double p = double(x[size_t(m) * K + k]) * bf16_to_float(wv[size_t(n) * K + k]);
+              y64 += p;
+              mag += std::fabs(p);
+            }
+            const size_t i = size_t(m) * N + n;
+            ASSERT_LE(std::fabs(fast[i] - y64), (gamma_fast(K) + K / 16 * kU) * mag) << "fast at " << i;
+            ASSERT_LE(std::fabs(fast[i] - twin[i]), (gamma_fast(K) + K / 16 * kU + (K + 1) * kU) * mag) << "twin at " << i;
+          }
+      }
+    }
+}
+
+}  // namespace
