@@ -1,0 +1,160 @@
+#include "kernels/roofline.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12 false positive inside its intrinsics
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#endif
+
+#include "base/error.h"
+
+namespace epserve::kernels {
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Keeps a value alive without letting the compiler drop the work that made it.
+template <class T>
+void keep(const T& v) {
+  asm volatile("" : : "r"(&v) : "memory");
+}
+
+constexpr int kChains = 16;  // ≥ FMA latency (4) × pipes (2) on every x86 we run on, with room
+
+}  // namespace
+
+double measure_read_bandwidth_gbps(size_t bytes) {
+  const size_t n = bytes / sizeof(float) / 64 * 64;
+  struct Free { void operator()(float* p) const { std::free(p); } };
+  std::unique_ptr<float, Free> buf(static_cast<float*>(std::aligned_alloc(64, n * sizeof(float))));
+  EPS_REQUIRE(buf != nullptr, "roofline: cannot allocate the bandwidth buffer");
+  float* p = buf.get();
+  // First touch by the threads that will read (pages local to them, all resident before timing).
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i += 16) std::memset(p + i, 0, 64);
+  double best = 1e30;
+  for (int rep = 0; rep < 6; ++rep) {
+    const double t0 = now_s();
+#pragma omp parallel
+    {
+      const int T = omp_get_num_threads(), t = omp_get_thread_num();
+      const size_t chunk = n / 64 / T * 64, i0 = chunk * t, i1 = t == T - 1 ? n : i0 + chunk;
+#if defined(__AVX512F__)
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (size_t i = i0; i < i1; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+        a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+      }
+      const float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#else
+      float acc[16] = {};
+      for (size_t i = i0; i < i1; i += 16)
+        for (int j = 0; j < 16; ++j) acc[j] += p[i + j];
+      float s = 0;
+      for (float v : acc) s += v;
+#endif
+      keep(s);
+    }
+    best = std::min(best, now_s() - t0);
+  }
+  return double(n) * sizeof(float) / best * 1e-9;
+}
+
+double measure_fp32_fma_gflops() {
+  const long iters = 1 << 21;
+  double best = 1e30;
+  int threads = 1;
+  for (int rep = 0; rep < 5; ++rep) {
+    const double t0 = now_s();
+#pragma omp parallel
+    {
+#pragma omp single
+      threads = omp_get_num_threads();
+#if defined(__AVX512F__)
+      __m512 acc[kChains];
+      for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(float(j));
+      const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
+      for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+        for (int j = 0; j < kChains; ++j) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
+      }
+      for (int j = 1; j < kChains; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
+      keep(acc[0]);
+#else
+      float acc[kChains][8];
+      for (int j = 0; j < kChains; ++j)
+        for (int l = 0; l < 8; ++l) acc[j][l] = float(j);
+      for (long i = 0; i < iters; ++i)
+        for (int j = 0; j < kChains; ++j)
+          for (int l = 0; l < 8; ++l) acc[j][l] = acc[j][l] * 0.999f + 0.001f;
+      keep(acc);
+#endif
+    }
+    best = std::min(best, now_s() - t0);
+  }
+#if defined(__AVX512F__)
+  const double lanes = 16;
+#else
+  const double lanes = 8;
+#endif
+  return double(threads) * iters * kChains * lanes * 2 / best * 1e-9;
+}
+
+double measure_bf16_dot_gflops() {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  const long iters = 1 << 21;
+  double best = 1e30;
+  int threads = 1;
+  for (int rep = 0; rep < 5; ++rep) {
+    const double t0 = now_s();
+#pragma omp parallel
+    {
+#pragma omp single
+      threads = omp_get_num_threads();
+      __m512 acc[kChains];
+      for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(float(j));
+      const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(-1e-3f));
+      const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.25f));
+      for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+        for (int j = 0; j < kChains; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], a, b);
+      }
+      for (int j = 1; j < kChains; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
+      keep(acc[0]);
+    }
+    best = std::min(best, now_s() - t0);
+  }
+  return double(threads) * iters * kChains * 16 * 4 / best * 1e-9;
+#else
+  return 0;
+#endif
+}
+
+Roofline measure_roofline() {
+  Roofline r;
+  r.threads = omp_get_max_threads();
+  r.read_gbps = measure_read_bandwidth_gbps();
+  r.fp32_fma_gflops = measure_fp32_fma_gflops();
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  r.has_bf16_dot = true;
+  r.bf16_dot_gflops = measure_bf16_dot_gflops();
+#endif
+  return r;
+}
+
+}  // namespace epserve::kernels

@@ -1,0 +1,26 @@
+// This machine's ceilings, measured at run time, so that kernel figures can be reported as
+// fractions of what the hardware does (the CPU under these machines changes from day to day).
+#pragma once
+#include <cstddef>
+
+namespace epserve::kernels {
+
+struct Roofline {
+  int threads = 0;              // OpenMP threads used for every figure
+  double read_gbps = 0;         // memory read bandwidth (buffer ≫ L3), GB/s (1e9 bytes)
+  double fp32_fma_gflops = 0;   // FP32 FMA peak: 2 flops per lane per FMA, GFLOP/s
+  bool has_bf16_dot = false;    // AVX512-BF16 compiled in
+  double bf16_dot_gflops = 0;   // vdpbf16ps peak: 4 flops per 32-bit lane (2 products, 2 adds); 0 if absent
+};
+
+// Streams `bytes` (split between the threads) several times and keeps the best pass.
+double measure_read_bandwidth_gbps(size_t bytes = size_t(512) << 20);
+// Independent FMA chains in registers (enough to cover latency × throughput), best of a few runs.
+double measure_fp32_fma_gflops();
+// Same with vdpbf16ps; 0 where the target has no AVX512-BF16.
+double measure_bf16_dot_gflops();
+
+// All of the above (about a second).
+Roofline measure_roofline();
+
+}  // namespace epserve::kernels
