@@ -1,0 +1,162 @@
+// `epserve run`: generate from a checkpoint (offline), or print its memory plan (--plan).
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "cli/command.h"
+#include "cli/parse.h"
+#include "model/generation.h"
+#include "model/weights.h"
+
+namespace epserve::cli {
+namespace {
+
+using nlohmann::json;
+
+struct RunArgs {
+  std::string model_dir, tokens, batch_file, numerics = "deepseek", attention = "auto", dump_logits;
+  int max_tokens = 16;
+  double temperature = 0, top_p = 1;
+  uint64_t seed = 0;
+  bool json_output = false, plan = false, ignore_eos = false;
+  int ranks = 1, redundant = 0;
+};
+
+// Memory per rank: attention, dense layers, shared experts and embeddings replicated (DP); routed
+// experts (plus redundant replicas) split over the ranks (EP).
+int print_plan(const RunArgs& a) {
+  const auto c = model::ModelConfig::load(a.model_dir);
+  EPS_REQUIRE(a.ranks >= 1, "--ranks must be >= 1");
+  EPS_REQUIRE(a.redundant >= 0, "--redundant must be >= 0");
+  const int slots = c.n_routed_experts + a.redundant;
+  const double per_rank = double(slots) / a.ranks;
+  const double replicated = model::weight_bytes(c, 0);
+  const double routed = model::weight_bytes(c, per_rank) - replicated;
+  const double kv_per_token = double(c.num_hidden_layers) * (c.kv_lora_rank + c.qk_rope_head_dim) * 2;
+  json j = {{"model", a.model_dir},
+            {"ranks", a.ranks},
+            {"expert_slots_per_layer", slots},
+            {"routed_experts_per_rank", per_rank},
+            {"replicated_bytes_per_rank", replicated},
+            {"routed_expert_bytes_per_rank", routed},
+            {"weight_bytes_per_rank", replicated + routed},
+            {"kv_cache_bytes_per_token", kv_per_token},
+            {"total_weight_bytes", model::weight_bytes(c, c.n_routed_experts)}};
+  if (a.json_output) {
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("plan for %s over %d rank(s): %d expert slots per MoE layer, %.2f per rank\n", a.model_dir.c_str(),
+                a.ranks, slots, per_rank);
+    std::printf("  replicated (attention, dense MLPs, shared experts, gates, embeddings): %10.2f GB\n", replicated / 1e9);
+    std::printf("  routed experts held by each rank:                                    %10.2f GB\n", routed / 1e9);
+    std::printf("  weights per rank:                                                    %10.2f GB\n", (replicated + routed) / 1e9);
+    std::printf("  MLA cache per token (BF16, all layers):                              %10.0f B\n", kv_per_token);
+  }
+  return 0;
+}
+
+std::vector<std::vector<int>> read_prompts(const RunArgs& a) {
+  std::vector<std::vector<int>> prompts;
+  if (!a.tokens.empty()) prompts.push_back(parse_token_list(a.tokens, "--tokens"));
+  if (!a.batch_file.empty()) {
+    std::ifstream in(a.batch_file);
+    EPS_REQUIRE(in, a.batch_file + ": cannot open");
+    std::string line;
+    int number = 0;
+    while (std::getline(in, line)) {
+      ++number;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      prompts.push_back(parse_token_list(line, a.batch_file + ":" + std::to_string(number)));
+    }
+  }
+  EPS_REQUIRE(!prompts.empty(), "nothing to run: give --tokens or --batch-file");
+  return prompts;
+}
+
+int run(const RunArgs& a) {
+  if (a.plan) return print_plan(a);
+  EPS_REQUIRE(a.max_tokens >= 0, "--max-tokens must be >= 0");
+  EPS_REQUIRE(a.temperature >= 0, "--temperature must be >= 0");
+  EPS_REQUIRE(a.top_p > 0 && a.top_p <= 1, "--top-p must be in (0, 1]");
+  model::ForwardOptions options;
+  options.numerics = parse_numerics(a.numerics);
+  options.attention = parse_attention_path(a.attention);
+  const auto prompts = read_prompts(a);
+  const auto t0 = std::chrono::steady_clock::now();
+  model::Model m(model::ModelWeights::load(a.model_dir));
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<model::GenerationRequest> requests;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    model::GenerationRequest r;
+    r.prompt = prompts[i];
+    r.max_tokens = a.max_tokens;
+    r.sampling = {a.temperature, a.top_p};
+    r.seed = a.seed + i;
+    r.stop_at_eos = !a.ignore_eos;
+    requests.push_back(std::move(r));
+  }
+  model::GenerationTimings timings;
+  const auto results = model::generate(m, requests, options, !a.dump_logits.empty(), &timings);
+  if (!a.dump_logits.empty()) {
+    std::ofstream out(a.dump_logits, std::ios::binary);
+    EPS_REQUIRE(out, a.dump_logits + ": cannot create");
+    for (const auto& r : results)
+      out.write(reinterpret_cast<const char*>(r.logits.data()), std::streamsize(r.logits.size() * sizeof(float)));
+  }
+  json t = {{"load_s", load_s},
+            {"prefill_s", timings.prefill_s},
+            {"decode_s", timings.decode_s},
+            {"prefill_tokens", timings.prefill_tokens},
+            {"decode_tokens", timings.decode_tokens},
+            {"prefill_tokens_per_s", timings.prefill_s > 0 ? timings.prefill_tokens / timings.prefill_s : 0.0},
+            {"decode_tokens_per_s", timings.decode_s > 0 ? timings.decode_tokens / timings.decode_s : 0.0}};
+  if (a.json_output) {
+    json j;
+    if (results.size() == 1) {
+      j = {{"tokens", results[0].tokens}, {"text", nullptr}};
+    } else {
+      j["sequences"] = json::array();
+      for (const auto& r : results) j["sequences"].push_back({{"tokens", r.tokens}, {"text", nullptr}});
+    }
+    j["timings"] = t;
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    for (const auto& r : results) {
+      for (size_t i = 0; i < r.tokens.size(); ++i) std::printf("%s%d", i ? "," : "", r.tokens[i]);
+      std::printf("\n");
+    }
+    std::fprintf(stderr, "prefill %ld tokens in %.3f s, decode %ld tokens in %.3f s (%.1f tokens/s)\n",
+                 timings.prefill_tokens, timings.prefill_s, timings.decode_tokens, timings.decode_s,
+                 t["decode_tokens_per_s"].get<double>());
+  }
+  return 0;
+}
+
+const CommandRegistration registration(
+    "run", "Generate from a checkpoint (token ids in, token ids out), or --plan its memory per rank",
+    [](CLI::App& app) {
+      auto a = std::make_shared<RunArgs>();
+      app.add_option("--model", a->model_dir, "checkpoint directory")->required();
+      app.add_option("--tokens", a->tokens, "prompt token ids, comma-separated");
+      app.add_option("--batch-file", a->batch_file, "one prompt per line (comma-separated ids), run as one batch");
+      app.add_option("--max-tokens", a->max_tokens, "tokens to generate per prompt")->capture_default_str();
+      app.add_option("--temperature", a->temperature, "0 = greedy")->capture_default_str();
+      app.add_option("--top-p", a->top_p, "nucleus sampling mass")->capture_default_str();
+      app.add_option("--seed", a->seed, "sampling seed (prompt i uses seed + i)");
+      app.add_flag("--ignore-eos", a->ignore_eos, "keep generating after the end-of-sequence token");
+      app.add_option("--numerics", a->numerics, "deepseek (FP8 activations, BF16) or exact (FP32)")->capture_default_str();
+      app.add_option("--attention", a->attention, "auto (naive prefill, absorbed decode), naive or absorbed")
+          ->capture_default_str();
+      app.add_option("--dump-logits", a->dump_logits,
+                     "write float32 LE logits rows: last prompt position, then each generated position");
+      app.add_flag("--json", a->json_output, "print {tokens, text, timings} as JSON");
+      app.add_flag("--plan", a->plan, "print the memory each rank needs (reads only config.json)");
+      app.add_option("--ranks", a->ranks, "ranks for --plan")->capture_default_str();
+      app.add_option("--redundant", a->redundant, "redundant expert slots per layer for --plan")->capture_default_str();
+      return [a] { return run(*a); };
+    });
+
+}  // namespace
+}  // namespace epserve::cli

@@ -1,0 +1,36 @@
+// Offline generation for a batch of prompts: one forward prefills every prompt, then each step
+// decodes one token for every sequence still running. Used by `run`, `bench` and the tests.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "model/model.h"
+#include "model/sampler.h"
+
+namespace epserve::model {
+
+struct GenerationRequest {
+  std::vector<int> prompt;
+  int max_tokens = 16;
+  SamplingParams sampling;
+  uint64_t seed = 0;
+  bool stop_at_eos = true;
+};
+
+struct GenerationResult {
+  std::vector<int> tokens;
+  // The logits row each token was chosen from (vocab floats per token), when asked for.
+  std::vector<float> logits;
+};
+
+struct GenerationTimings {
+  double prefill_s = 0, decode_s = 0;
+  long prefill_tokens = 0, decode_tokens = 0, decode_steps = 0;
+};
+
+std::vector<GenerationResult> generate(Model& model, std::span<const GenerationRequest> requests,
+                                       const ForwardOptions& options, bool keep_logits,
+                                       GenerationTimings* timings = nullptr);
+
+}  // namespace epserve::model

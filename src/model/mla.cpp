@@ -1,0 +1,155 @@
+#include "model/mla.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "base/bf16.h"
+#include "model/ops.h"
+
+namespace epserve::model {
+
+using kernels::matmul_fp8;
+using kernels::Numerics;
+
+namespace {
+
+float dot(const float* a, const float* b, int n) {
+  float s = 0;
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// softmax over scores in place (FP32 statistics); probabilities BF16 in DeepSeek numerics, as the
+// BF16 P·V product of FlashMLA takes them.
+void softmax(std::span<float> s, Numerics mode) {
+  float mx = -INFINITY;
+  for (float v : s) mx = std::max(mx, v);
+  float sum = 0;
+  for (float& v : s) sum += (v = std::exp(v - mx));
+  const float inv = 1.0f / sum;
+  for (float& v : s) v *= inv;
+  round_activations(s, mode);
+}
+
+struct Dims {
+  int heads, nope, rope, v, lora, qk, width;
+  explicit Dims(const ModelConfig& c)
+      : heads(c.num_attention_heads), nope(c.qk_nope_head_dim), rope(c.qk_rope_head_dim), v(c.v_head_dim),
+        lora(c.kv_lora_rank), qk(c.qk_nope_head_dim + c.qk_rope_head_dim), width(c.kv_lora_rank + c.qk_rope_head_dim) {}
+};
+
+// Naive path for one sequence: keys and values expanded from the latent for every cached token.
+void attend_naive(const AttentionWeights& w, const Dims& D, float scale, const SequenceKv& kv, int layer, int len,
+                  int first, int count, const std::vector<float>& q, std::vector<float>& o, Numerics mode) {
+  const auto cache = kv.layer(layer);
+  std::vector<float> latent(size_t(len) * D.lora);
+  for (int t = 0; t < len; ++t)
+    std::copy_n(&cache[size_t(t) * D.width], D.lora, &latent[size_t(t) * D.lora]);
+  const int kvb_width = D.heads * (D.nope + D.v);
+  std::vector<float> kvb(size_t(len) * kvb_width);
+  matmul_fp8(latent, len, w.kv_b, kvb, mode);
+  const int base = len - count;
+#pragma omp parallel for collapse(2) schedule(dynamic)
+  for (int h = 0; h < D.heads; ++h)
+    for (int i = 0; i < count; ++i) {
+      const int t = first + i, visible = base + i + 1;
+      const float* qh = &q[(size_t(t) * D.heads + h) * D.qk];
+      std::vector<float> scores(visible);
+      for (int j = 0; j < visible; ++j) {
+        const float* k_nope = &kvb[size_t(j) * kvb_width + h * (D.nope + D.v)];
+        const float* k_rope = &cache[size_t(j) * D.width + D.lora];
+        scores[j] = (dot(qh, k_nope, D.nope) + dot(qh + D.nope, k_rope, D.rope)) * scale;
+      }
+      softmax(scores, mode);
+      float* oh = &o[(size_t(t) * D.heads + h) * D.v];
+      std::fill_n(oh, D.v, 0.0f);
+      for (int j = 0; j < visible; ++j) {
+        const float* vj = &kvb[size_t(j) * kvb_width + h * (D.nope + D.v) + D.nope];
+        for (int e = 0; e < D.v; ++e) oh[e] += scores[j] * vj[e];
+      }
+      round_activations({oh, size_t(D.v)}, mode);
+    }
+}
+
+// Absorbed path: attention over the latent itself; kv_b_proj folded into query and output.
+void attend_absorbed(const AttentionWeights& w, const Dims& D, float scale, const SequenceKv& kv, int layer, int len,
+                     int first, int count, const std::vector<float>& q, std::vector<float>& o, Numerics mode) {
+  const auto cache = kv.layer(layer);
+  const auto& kvb = mode == Numerics::kDeepSeek ? w.kv_b_dequantized_bf16 : w.kv_b_dequantized;
+  const int base = len - count;
+#pragma omp parallel for collapse(2) schedule(dynamic)
+  for (int i = 0; i < count; ++i)
+    for (int h = 0; h < D.heads; ++h) {
+      const int t = first + i, visible = base + i + 1;
+      const float* qh = &q[(size_t(t) * D.heads + h) * D.qk];
+      const float* U = &kvb[size_t(h) * (D.nope + D.v) * D.lora];  // [nope, lora]
+      const float* V = U + size_t(D.nope) * D.lora;                // [v, lora]
+      std::vector<float> q_latent(D.lora, 0.0f), o_latent(D.lora, 0.0f), scores(visible);
+      for (int j = 0; j < D.nope; ++j)
+        for (int r = 0; r < D.lora; ++r) q_latent[r] += qh[j] * U[size_t(j) * D.lora + r];
+      round_activations(q_latent, mode);
+      for (int j = 0; j < visible; ++j) {
+        const float* row = &cache[size_t(j) * D.width];
+        scores[j] = (dot(q_latent.data(), row, D.lora) + dot(qh + D.nope, row + D.lora, D.rope)) * scale;
+      }
+      softmax(scores, mode);
+      for (int j = 0; j < visible; ++j) {
+        const float* row = &cache[size_t(j) * D.width];
+        for (int r = 0; r < D.lora; ++r) o_latent[r] += scores[j] * row[r];
+      }
+      round_activations(o_latent, mode);
+      float* oh = &o[(size_t(t) * D.heads + h) * D.v];
+      for (int e = 0; e < D.v; ++e) oh[e] = dot(V + size_t(e) * D.lora, o_latent.data(), D.lora);
+      round_activations({oh, size_t(D.v)}, mode);
+    }
+}
+
+}  // namespace
+
+void mla_attention(const AttentionWeights& w, const ModelConfig& c, const YarnRope& rope, int layer,
+                   const TokenBatch& batch, std::span<const float> x, std::span<float> out, Numerics mode,
+                   AttentionPath path) {
+  const Dims D(c);
+  const int T = batch.tokens();
+  std::vector<float> qa(size_t(T) * c.q_lora_rank), q(size_t(T) * D.heads * D.qk), kva(size_t(T) * D.width);
+  matmul_fp8(x, T, w.q_a, qa, mode);
+  for (int t = 0; t < T; ++t) {
+    auto row = std::span<float>(qa).subspan(size_t(t) * c.q_lora_rank, c.q_lora_rank);
+    rms_norm(row, w.q_a_norm, c.rms_norm_eps, row);
+  }
+  round_activations(qa, mode);
+  matmul_fp8(qa, T, w.q_b, q, mode);
+  matmul_fp8(x, T, w.kv_a, kva, mode);
+
+  // New cache rows: normalized latent and rotated shared key; queries' rotary parts rotated too.
+  for (size_t s = 0; s < batch.kv.size(); ++s)
+    for (int i = 0; i < batch.count[s]; ++i) {
+      const int t = batch.first[s] + i, pos = batch.position[t];
+      auto src = std::span<float>(kva).subspan(size_t(t) * D.width, D.width);
+      auto row = batch.kv[s]->row(layer, pos);
+      rms_norm(src.first(D.lora), w.kv_a_norm, c.rms_norm_eps, row.first(D.lora));
+      std::copy_n(src.begin() + D.lora, D.rope, row.begin() + D.lora);
+      rope.apply(row.subspan(D.lora, D.rope), pos);
+      round_activations(row, mode);
+      for (int h = 0; h < D.heads; ++h) {
+        auto qr = std::span<float>(q).subspan((size_t(t) * D.heads + h) * D.qk + D.nope, D.rope);
+        rope.apply(qr, pos);
+        round_activations(qr, mode);
+      }
+    }
+
+  const float scale = float(c.softmax_scale());
+  std::vector<float> o(size_t(T) * D.heads * D.v);
+  for (size_t s = 0; s < batch.kv.size(); ++s) {
+    if (batch.count[s] == 0) continue;
+    const int len = batch.position[batch.first[s] + batch.count[s] - 1] + 1;
+    const bool naive = path == AttentionPath::kNaive || (path == AttentionPath::kAuto && batch.count[s] > 1);
+    if (naive)
+      attend_naive(w, D, scale, *batch.kv[s], layer, len, batch.first[s], batch.count[s], q, o, mode);
+    else
+      attend_absorbed(w, D, scale, *batch.kv[s], layer, len, batch.first[s], batch.count[s], q, o, mode);
+  }
+  matmul_fp8(o, T, w.o, out, mode);
+}
+
+}  // namespace epserve::model

@@ -1,0 +1,110 @@
+#include "model/model.h"
+
+#include <chrono>
+
+#include "base/error.h"
+#include "model/ops.h"
+
+namespace epserve::model {
+
+namespace {
+class Stopwatch {
+ public:
+  explicit Stopwatch(double& sink) : sink_(sink), start_(std::chrono::steady_clock::now()) {}
+  ~Stopwatch() { sink_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+
+ private:
+  double& sink_;
+  std::chrono::steady_clock::time_point start_;
+};
+}  // namespace
+
+Model::Model(ModelWeights weights) : weights_(std::move(weights)), rope_(weights_.config) {}
+
+std::vector<float> Model::forward(std::span<const SequenceInput> batch, const ForwardOptions& options) {
+  const auto& c = weights_.config;
+  const int d = c.hidden_size;
+  const auto mode = options.numerics;
+  TokenBatch tb;
+  std::vector<int> tokens;
+  for (const auto& s : batch) {
+    EPS_REQUIRE(s.kv != nullptr, "forward: sequence without a cache");
+    tb.kv.push_back(s.kv);
+    tb.first.push_back(int(tokens.size()));
+    tb.count.push_back(int(s.tokens.size()));
+    for (size_t i = 0; i < s.tokens.size(); ++i) {
+      EPS_REQUIRE(s.tokens[i] >= 0 && s.tokens[i] < c.vocab_size,
+                  "token id " + std::to_string(s.tokens[i]) + " is outside the vocabulary [0, " +
+                      std::to_string(c.vocab_size) + ")");
+      tokens.push_back(s.tokens[i]);
+      tb.position.push_back(s.kv->length() + int(i));
+    }
+  }
+  const int T = int(tokens.size());
+  for (const auto& s : batch) s.kv->grow(int(s.tokens.size()));
+
+  std::vector<float> h(size_t(T) * d), x(size_t(T) * d), y(size_t(T) * d);
+  {
+    Stopwatch sw(profile_.embed);
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < d; ++j) h[size_t(t) * d + j] = bf16_to_float(weights_.embed.values[size_t(tokens[t]) * d + j]);
+  }
+  auto normalize = [&](const std::vector<float>& norm_weight) {
+    Stopwatch sw(profile_.norms);
+    for (int t = 0; t < T; ++t)
+      rms_norm(std::span<const float>(h).subspan(size_t(t) * d, d), norm_weight, c.rms_norm_eps,
+               std::span<float>(x).subspan(size_t(t) * d, d));
+    round_activations(x, mode);
+  };
+  auto add_residual = [&] {
+    for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
+    round_activations(h, mode);
+  };
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const auto& L = weights_.layers[l];
+    normalize(L.attn_norm);
+    {
+      Stopwatch sw(profile_.attention);
+      mla_attention(L.attn, c, rope_, l, tb, x, y, mode, options.attention);
+    }
+    add_residual();
+    normalize(L.ffn_norm);
+    if (L.dense) {
+      Stopwatch sw(profile_.dense_mlp);
+      mlp_forward(*L.dense, x, T, y, mode);
+    } else {
+      Stopwatch sw(profile_.moe);
+      Routing routing;
+      moe_forward(*L.moe, c, x, T, y, mode, options.routing_log ? &routing : nullptr);
+      if (options.routing_log) options.routing_log->push_back(std::move(routing));
+    }
+    add_residual();
+  }
+  for (const auto& s : batch) s.kv->commit(int(s.tokens.size()));
+
+  // Final norm and lm_head on the rows that need logits.
+  std::vector<int> rows;
+  for (size_t s = 0; s < batch.size(); ++s) {
+    if (options.all_logits) {
+      for (int i = 0; i < tb.count[s]; ++i) rows.push_back(tb.first[s] + i);
+    } else if (tb.count[s] > 0) {
+      rows.push_back(tb.first[s] + tb.count[s] - 1);
+    }
+  }
+  std::vector<float> selected(rows.size() * d);
+  {
+    Stopwatch sw(profile_.norms);
+    for (size_t i = 0; i < rows.size(); ++i)
+      rms_norm(std::span<const float>(h).subspan(size_t(rows[i]) * d, d), weights_.final_norm, c.rms_norm_eps,
+               std::span<float>(selected).subspan(i * d, d));
+    round_activations(selected, mode);
+  }
+  std::vector<float> logits(rows.size() * size_t(c.vocab_size));
+  {
+    Stopwatch sw(profile_.lm_head);
+    kernels::matmul_bf16(selected, int(rows.size()), weights_.lm_head, logits);
+  }
+  return logits;
+}
+
+}  // namespace epserve::model

@@ -1,0 +1,54 @@
+// DeepSeek-V3's forward pass (reference §4) over a batch of sequences of different lengths, each
+// with its own MLA cache.
+#pragma once
+#include <span>
+#include <vector>
+
+#include "kernels/matmul.h"
+#include "model/kv_cache.h"
+#include "model/mla.h"
+#include "model/moe.h"
+#include "model/rope.h"
+#include "model/weights.h"
+
+namespace epserve::model {
+
+struct ForwardOptions {
+  kernels::Numerics numerics = kernels::Numerics::kDeepSeek;
+  AttentionPath attention = AttentionPath::kAuto;
+  bool all_logits = false;  // logits for every token, not only each sequence's last
+  // When set, receives each MoE layer's routing (tokens in batch order), for tests and statistics.
+  std::vector<Routing>* routing_log = nullptr;
+};
+
+// Seconds spent per part of the forward, summed over calls (for `bench` and step profiles).
+struct ForwardProfile {
+  double embed = 0, attention = 0, dense_mlp = 0, moe = 0, norms = 0, lm_head = 0;
+  double total() const { return embed + attention + dense_mlp + moe + norms + lm_head; }
+};
+
+struct SequenceInput {
+  SequenceKv* kv;
+  std::span<const int> tokens;  // appended after the tokens the cache already holds
+};
+
+class Model {
+ public:
+  explicit Model(ModelWeights weights);
+  const ModelConfig& config() const { return weights_.config; }
+  const ModelWeights& weights() const { return weights_; }
+  SequenceKv new_sequence() const { return SequenceKv(weights_.config); }
+
+  // Runs the tokens through the model, appending them to each sequence's cache. Returns logits,
+  // [rows, vocab]: one row per sequence (its last token), or one per token with all_logits.
+  std::vector<float> forward(std::span<const SequenceInput> batch, const ForwardOptions& options = {});
+
+  ForwardProfile& profile() { return profile_; }
+
+ private:
+  ModelWeights weights_;
+  YarnRope rope_;
+  ForwardProfile profile_;
+};
+
+}  // namespace epserve::model

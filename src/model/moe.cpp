@@ -1,0 +1,136 @@
+#include "model/moe.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "base/error.h"
+#include "model/ops.h"
+
+namespace epserve::model {
+
+using kernels::Fp8MatmulTask;
+using kernels::Numerics;
+
+namespace {
+
+// h = silu(g) ⊙ u, BF16 between operators in DeepSeek numerics (as Expert.forward in model.py).
+void swiglu(std::span<float> g, std::span<const float> u, Numerics mode) {
+  for (size_t i = 0; i < g.size(); ++i) {
+    float a = silu(g[i]);
+    if (mode == Numerics::kDeepSeek) a = round_to_bf16(a);
+    g[i] = a * u[i];
+  }
+  round_activations(g, mode);
+}
+
+}  // namespace
+
+Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T) {
+  const int E = c.n_routed_experts, K = c.num_experts_per_tok, G = c.n_group, per_group = E / G;
+  std::vector<float> logits(size_t(T) * E);
+  kernels::matmul_bf16(x, T, w.gate, logits);
+  Routing r;
+  r.k = K;
+  r.expert.resize(size_t(T) * K);
+  r.weight.resize(size_t(T) * K);
+  for (int t = 0; t < T; ++t) {
+    std::vector<float> score(E), biased(E);
+    for (int e = 0; e < E; ++e) {
+      score[e] = sigmoid(logits[size_t(t) * E + e]);
+      biased[e] = score[e] + w.correction_bias[e];
+    }
+    // Group score: the sum of its two best biased scores (one if a group has a single expert).
+    std::vector<std::pair<float, int>> groups(G);
+    for (int g = 0; g < G; ++g) {
+      float best = -INFINITY, second = -INFINITY;
+      for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
+        if (biased[e] > best) { second = best; best = biased[e]; }
+        else if (biased[e] > second) second = biased[e];
+      }
+      groups[g] = {per_group >= 2 ? best + second : best, g};
+    }
+    std::stable_sort(groups.begin(), groups.end(), [](auto& a, auto& b) { return a.first > b.first; });
+    std::vector<char> kept(G, 0);
+    for (int i = 0; i < c.topk_group; ++i) kept[groups[i].second] = 1;
+    std::vector<int> order(E);
+    std::iota(order.begin(), order.end(), 0);
+    auto key = [&](int e) { return kept[e / per_group] ? biased[e] : -INFINITY; };
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return key(a) > key(b); });
+    float sum = 0;
+    for (int k = 0; k < K; ++k) sum += score[order[k]];
+    for (int k = 0; k < K; ++k) {
+      const int e = order[k];
+      r.expert[size_t(t) * K + k] = e;
+      const float weight = c.norm_topk_prob ? score[e] / sum : score[e];
+      r.weight[size_t(t) * K + k] = weight * float(c.routed_scaling_factor);
+    }
+  }
+  return r;
+}
+
+void mlp_forward(const MlpWeights& w, std::span<const float> x, int T, std::span<float> out, Numerics mode) {
+  const int inter = w.gate.rows;
+  std::vector<float> g(size_t(T) * inter), u(size_t(T) * inter);
+  kernels::matmul_fp8(x, T, w.gate, g, mode);
+  kernels::matmul_fp8(x, T, w.up, u, mode);
+  swiglu(g, u, mode);
+  kernels::matmul_fp8(g, T, w.down, out, mode);
+}
+
+void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<std::vector<float>>& rows,
+                 std::vector<std::vector<float>>& outputs, Numerics mode) {
+  const int E = c.n_routed_experts, d = c.hidden_size, inter = c.moe_intermediate_size;
+  std::vector<std::vector<float>> g(E), u(E);
+  std::vector<Fp8MatmulTask> up_tasks, down_tasks;
+  outputs.assign(E, {});
+  for (int e = 0; e < E; ++e) {
+    const int M = int(rows[e].size() / d);
+    if (M == 0) continue;
+    EPS_REQUIRE(w.experts[e].has_value(), "tokens were routed to expert " + std::to_string(e) +
+                                              ", which this process does not hold");
+    g[e].resize(size_t(M) * inter);
+    u[e].resize(size_t(M) * inter);
+    outputs[e].resize(size_t(M) * d);
+    up_tasks.push_back({rows[e], M, &w.experts[e]->gate, g[e]});
+    up_tasks.push_back({rows[e], M, &w.experts[e]->up, u[e]});
+  }
+  kernels::matmul_fp8_grouped(up_tasks, mode);
+  for (int e = 0; e < E; ++e) {
+    const int M = int(rows[e].size() / d);
+    if (M == 0) continue;
+    swiglu(g[e], u[e], mode);
+    down_tasks.push_back({g[e], M, &w.experts[e]->down, outputs[e]});
+  }
+  kernels::matmul_fp8_grouped(down_tasks, mode);
+}
+
+void moe_forward(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T, std::span<float> out,
+                 Numerics mode, Routing* routing_out) {
+  const int E = c.n_routed_experts, d = c.hidden_size;
+  const Routing r = route_tokens(w, c, x, T);
+  // Gather each expert's rows; remember where every (token, choice) landed.
+  std::vector<std::vector<float>> rows(E), outputs;
+  std::vector<int> slot(size_t(T) * r.k);
+  for (int t = 0; t < T; ++t)
+    for (int k = 0; k < r.k; ++k) {
+      const int e = r.expert[size_t(t) * r.k + k];
+      slot[size_t(t) * r.k + k] = int(rows[e].size() / d);
+      rows[e].insert(rows[e].end(), x.begin() + size_t(t) * d, x.begin() + size_t(t + 1) * d);
+    }
+  run_experts(w, c, rows, outputs, mode);
+  std::vector<float> shared(size_t(T) * d, 0.0f);
+  if (w.shared) mlp_forward(*w.shared, x, T, shared, mode);
+  for (int t = 0; t < T; ++t)
+    for (int j = 0; j < d; ++j) {
+      float acc = 0;
+      for (int k = 0; k < r.k; ++k) {
+        const int e = r.expert[size_t(t) * r.k + k];
+        acc += r.weight[size_t(t) * r.k + k] * outputs[e][size_t(slot[size_t(t) * r.k + k]) * d + j];
+      }
+      out[size_t(t) * d + j] = acc + shared[size_t(t) * d + j];
+    }
+  round_activations(out, mode);
+  if (routing_out) *routing_out = r;
+}
+
+}  // namespace epserve::model

@@ -1,0 +1,27 @@
+// Picks the next token from a row of logits: greedy at temperature 0 (ties to the lower id),
+// otherwise softmax(logits / T) restricted to the smallest set whose mass reaches top_p, drawn with
+// the caller's seeded generator so that runs repeat.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <span>
+
+namespace epserve::model {
+
+struct SamplingParams {
+  double temperature = 0;
+  double top_p = 1;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(uint64_t seed) : rng_(seed) {}
+  int sample(std::span<const float> logits, const SamplingParams& p);
+
+ private:
+  std::mt19937_64 rng_;
+};
+
+int argmax(std::span<const float> logits);
+
+}  // namespace epserve::model

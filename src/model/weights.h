@@ -1,0 +1,67 @@
+// The model's weights as the forward pass uses them: views into the mmap'd checkpoint (FP8 linears
+// with their block scales, BF16 matrices) plus the few small tensors converted once at load (norms,
+// router bias, the dequantized kv_b_proj that the absorbed attention path multiplies with).
+#pragma once
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "kernels/matmul.h"
+#include "model/checkpoint.h"
+#include "model/config.h"
+
+namespace epserve::model {
+
+using kernels::Bf16Matrix;
+using kernels::Fp8Matrix;
+
+struct MlpWeights {  // SwiGLU: down(silu(gate x) * up x)
+  Fp8Matrix gate, up, down;
+};
+
+struct AttentionWeights {
+  Fp8Matrix q_a, q_b, kv_a, kv_b, o;
+  std::vector<float> q_a_norm, kv_a_norm;
+  // kv_b_proj dequantized, [heads * (qk_nope + v), kv_lora]: the absorbed path's U_h and V_h.
+  std::vector<float> kv_b_dequantized;
+  std::vector<float> kv_b_dequantized_bf16;  // the same rounded to BF16 (DeepSeek applies it in BF16)
+};
+
+struct MoeWeights {
+  Bf16Matrix gate;                        // [n_routed_experts, hidden]
+  std::vector<float> correction_bias;     // e_score_correction_bias, FP32
+  std::vector<std::optional<MlpWeights>> experts;  // empty where this process does not own the expert
+  std::optional<MlpWeights> shared;
+};
+
+struct LayerWeights {
+  std::vector<float> attn_norm, ffn_norm;
+  AttentionWeights attn;
+  std::optional<MlpWeights> dense;
+  std::optional<MoeWeights> moe;
+};
+
+struct LoadOptions {
+  // Which routed experts this process holds (expert parallelism); all when empty.
+  std::function<bool(int layer, int expert)> owns_expert;
+  bool progress = true;  // progress lines on stderr for large checkpoints
+};
+
+class ModelWeights {
+ public:
+  static ModelWeights load(const std::filesystem::path& dir, const LoadOptions& options = {});
+
+  ModelConfig config;
+  Bf16Matrix embed, lm_head;
+  std::vector<float> final_norm;
+  std::vector<LayerWeights> layers;
+
+ private:
+  std::shared_ptr<Checkpoint> checkpoint_;  // keeps the mmaps that the views point into
+};
+
+// The bytes `load` would map for one process that owns `experts_owned` of each layer's routed experts.
+double weight_bytes(const ModelConfig& c, double experts_owned_per_layer);
+
+}  // namespace epserve::model
