@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "tokenizer/unicode_extra.h"
 
 namespace epserve::tokenizer {
 
@@ -80,9 +81,22 @@ std::string regex_from_onig(std::string_view p) {
     const char c = p[i];
     if (c == '\\' && i + 1 < p.size()) {
       const char n = p[i + 1];
-      if (n == 's') out += class_depth ? "\\s\\x{85}" : "[\\s\\x{85}]";
-      else if (n == 'S') out += class_depth ? "\\S" : "[^\\s\\x{85}]";
-      else out.append(p.substr(i, 2));
+      if (n == 's') {
+        out += class_depth ? "\\s\\x{85}" : "[\\s\\x{85}]";
+      } else if (n == 'S') {
+        out += class_depth ? "\\S" : "[^\\s\\x{85}]";
+      } else if ((n == 'p' || n == 'P') && i + 4 < p.size() && p[i + 2] == '{' &&
+                 p[i + 4] == '}' && !unicode_extra_ranges(p[i + 3]).empty()) {
+        // \p{X} for a one-letter category: add what PCRE2's older Unicode does not know yet.
+        const std::string cls = "\\p{" + std::string(1, p[i + 3]) + "}" + std::string(unicode_extra_ranges(p[i + 3]));
+        if (class_depth && n == 'p') out += cls;
+        else if (!class_depth) out += (n == 'p' ? "[" : "[^") + cls + "]";
+        else out.append(p.substr(i, 5));  // \P{X} inside a class: left as PCRE2 has it
+        i += 4;
+        continue;
+      } else {
+        out.append(p.substr(i, 2));
+      }
       ++i;
       continue;
     }
@@ -134,7 +148,7 @@ void PreTokenizer::add_steps(const nlohmann::json& j, const std::string& where) 
   } else if (type == "Digits") {
     // Every numeric character is a match; without individual_digits runs of them stay together.
     Step s;
-    s.regex = std::make_shared<Regex>("\\p{N}", false, where);
+    s.regex = std::make_shared<Regex>(regex_from_onig("\\p{N}"), false, where);
     s.behavior = j.value("individual_digits", false) ? SplitBehavior::Isolated : SplitBehavior::Contiguous;
     steps_.push_back(std::move(s));
   } else if (type == "ByteLevel") {
@@ -142,7 +156,7 @@ void PreTokenizer::add_steps(const nlohmann::json& j, const std::string& where) 
     // the optional prefix space and GPT-2's word regex.
     Step s;
     s.add_prefix_space = j.value("add_prefix_space", false);
-    if (j.value("use_regex", true)) s.regex = std::make_shared<Regex>(kByteLevelPattern, false, where);
+    if (j.value("use_regex", true)) s.regex = std::make_shared<Regex>(regex_from_onig(kByteLevelPattern), false, where);
     if (s.add_prefix_space || s.regex) steps_.push_back(std::move(s));
   } else {
     throw Error(where + ": pre_tokenizer type \"" + type + "\" is not supported");

@@ -1,6 +1,6 @@
 // HF tokenizers' pre-tokenizers (Sequence, Split, Digits, ByteLevel): cut normalized text into the
 // words that BPE then encodes one by one. Regexes are Oniguruma syntax in tokenizer.json; we run
-// them with PCRE2 (JIT), which agrees on every construct these files use (see regex_from_onig).
+// them with PCRE2 (JIT) after regex_from_onig has made up for the two engines' differences.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -49,8 +49,9 @@ class PreTokenizer {
   std::vector<Step> steps_;
 };
 
-// Rewrites an Oniguruma pattern into a PCRE2 one with the same meaning. The one difference these
-// patterns meet: Oniguruma's \s also matches U+0085 (NEL), PCRE2's (with UCP) does not.
+// Rewrites an Oniguruma pattern into a PCRE2 one with the same meaning on the constructs these
+// files use: Oniguruma's \s also matches U+0085 (NEL), PCRE2's (with UCP) does not; and HF's
+// Oniguruma has a newer Unicode, whose extra characters are added to \p{X} (unicode_extra.h).
 std::string regex_from_onig(std::string_view pattern);
 
 }  // namespace epserve::tokenizer
