@@ -1,0 +1,55 @@
+// What the simulator knows about one accelerator (a "GPU"; on the cpu preset, one host running one
+// epserve rank) and its node. Every number carries its source in hardware.cpp and in
+// docs/ARCHITECTURE.md ("Simulator").
+#pragma once
+#include <string>
+#include <vector>
+
+namespace epserve::sim {
+
+struct Hardware {
+  std::string name;
+  // Dense peak rates per GPU (no sparsity), in TFLOPS.
+  double fp8_tflops = 0;
+  double bf16_tflops = 0;
+  // HBM: bandwidth (GB/s, 1e9) and capacity (GB).
+  double hbm_gbps = 0;
+  double hbm_gb = 0;
+  // Scale-up (NVLink) bandwidth per GPU, one direction, GB/s; scale-out (RDMA NIC) per GPU, GB/s.
+  double nvlink_gbps = 0;
+  double rdma_gbps = 0;
+  double rdma_latency_us = 0;  // one all-to-all round's fixed cost
+  int gpus_per_node = 8;
+  int sms = 132;               // streaming multiprocessors (compute units)
+  double usd_per_gpu_hour = 0;
+  // Reading from the disk KV cache per node (GB/s).
+  double kv_read_gbps_per_node = 0;
+
+  // Kernel efficiencies: the fraction of the peak above that the published kernels reach.
+  double gemm_eff = 0;           // FP8 GEMM, large shapes (DeepGEMM)
+  double mla_decode_mem_eff = 0; // FlashMLA, memory-bound side (fraction of hbm_gbps)
+  double mla_decode_flop_eff = 0;// FlashMLA, compute-bound side (fraction of bf16_tflops)
+  double attn_prefill_eff = 0;   // causal BF16 attention in prefill (fraction of bf16_tflops)
+  double hbm_eff = 0;            // streaming weights through memory-bound GEMMs
+  double ll_comm_eff = 0;        // DeepEP low-latency (decode) kernels, fraction of rdma_gbps
+  double normal_comm_eff = 0;    // DeepEP normal (prefill) kernels, fraction of rdma_gbps
+  double nvlink_eff = 0;         // fraction of nvlink_gbps reached by DeepEP intranode
+  int comm_sms_prefill = 0;      // SMs given to communication while prefill overlaps
+
+  bool measured = false;         // the cpu preset: rates measured on this machine
+};
+
+// `h800`, `h100` or `cpu` (measured here, in well under a second). Throws epserve::Error otherwise.
+Hardware hardware_preset(const std::string& name);
+std::vector<std::string> hardware_preset_names();
+
+// A rough measurement of this machine: memory bandwidth (a streaming triad over a buffer much larger
+// than the caches) and the FP32 FMA rate (independent FMA chains on every thread).
+struct CpuMeasurement {
+  double mem_gbps = 0;
+  double fma_gflops = 0;
+  int threads = 0;
+};
+CpuMeasurement measure_cpu();
+
+}  // namespace epserve::sim
