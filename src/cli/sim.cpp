@@ -256,7 +256,11 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
       const auto cfg = load_model(unit_o->model_dir);
       const Hardware hw = hardware_preset(unit_o->hw);
       const UnitResult r = simulate_unit(hw, cfg, unit_spec(*unit_o, cfg));
-      if (unit_o->json) print_json(r.to_json());
+      if (unit_o->json) {
+        auto j = r.to_json();
+        j["hardware"] = hardware_json(hw);
+        print_json(j);
+      }
       else print_unit_text(r);
       return 0;
     }

@@ -3,11 +3,9 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
-#include <cstdlib>
-#include <memory>
 
 #include "base/error.h"
+#include "kernels/roofline.h"
 
 namespace epserve::sim {
 
@@ -53,56 +51,43 @@ Hardware hopper(const std::string& name, double nvlink_gbps) {
   h.normal_comm_eff = 0.9;
   h.nvlink_eff = 0.78;
   h.comm_sms_prefill = 24;
+  h.gemm_row_tile = 64;  // WGMMA m64 (DeepGEMM's block M is 64 or 128)
   return h;
 }
 
 }  // namespace
 
 CpuMeasurement measure_cpu() {
+  // The kernels' run-time roofline (src/kernels/roofline.h), with a smaller buffer to stay fast.
   CpuMeasurement m;
   m.threads = omp_get_max_threads();
-  // Memory: triad a[i] = b[i] + s*c[i] over 3 x 48 MiB; best of a few passes.
-  const size_t n = size_t(12) << 20;
-  std::unique_ptr<float[]> a(new float[n]), b(new float[n]), c(new float[n]);
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) {
-    a[i] = 0;
-    b[i] = 1.0f + float(i & 7);
-    c[i] = 2.0f;
-  }
-  double best = 1e30;
-  for (int pass = 0; pass < 4; ++pass) {
-    const auto t0 = std::chrono::steady_clock::now();
-    float* pa = a.get();
-    const float* pb = b.get();
-    const float* pc = c.get();
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; ++i) pa[i] = pb[i] + 0.5f * pc[i];
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  m.mem_gbps = 3.0 * n * sizeof(float) / best / 1e9;
-  // FMA: 16 independent 16-wide chains per thread (vectorised by the compiler).
-  constexpr int kLanes = 256;
-  const long iters = 40000;
-  double best_fma = 1e30;
-  float sink = 0;
-  for (int pass = 0; pass < 3; ++pass) {
-    const auto t0 = std::chrono::steady_clock::now();
-#pragma omp parallel reduction(+ : sink)
-    {
-      alignas(64) float acc[kLanes];
-      for (int j = 0; j < kLanes; ++j) acc[j] = float(j) * 1e-3f;
-      const float x = 0.999f, y = 1e-4f;
-      for (long it = 0; it < iters; ++it)
-#pragma omp simd
-        for (int j = 0; j < kLanes; ++j) acc[j] = acc[j] * x + y;
-      for (int j = 0; j < kLanes; ++j) sink += acc[j];
-    }
-    best_fma = std::min(best_fma, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  if (sink == 12345.0f) std::abort();  // keep the loop
-  m.fma_gflops = 2.0 * kLanes * iters * m.threads / best_fma / 1e9;
+  m.mem_gbps = kernels::measure_read_bandwidth_gbps(size_t(128) << 20);
+  m.fma_gflops = kernels::measure_fp32_fma_gflops();
+  m.bf16_gflops = kernels::measure_bf16_dot_gflops();
   return m;
+}
+
+nlohmann::json hardware_json(const Hardware& h) {
+  return {{"name", h.name},
+          {"measured", h.measured},
+          {"fp8_tflops", h.fp8_tflops},
+          {"bf16_tflops", h.bf16_tflops},
+          {"hbm_gbps", h.hbm_gbps},
+          {"hbm_gb", h.hbm_gb},
+          {"nvlink_gbps", h.nvlink_gbps},
+          {"rdma_gbps", h.rdma_gbps},
+          {"rdma_latency_us", h.rdma_latency_us},
+          {"gpus_per_node", h.gpus_per_node},
+          {"usd_per_gpu_hour", h.usd_per_gpu_hour},
+          {"efficiencies",
+           {{"gemm", h.gemm_eff},
+            {"mla_decode_mem", h.mla_decode_mem_eff},
+            {"mla_decode_flop", h.mla_decode_flop_eff},
+            {"attn_prefill", h.attn_prefill_eff},
+            {"hbm", h.hbm_eff},
+            {"ll_comm", h.ll_comm_eff},
+            {"normal_comm", h.normal_comm_eff},
+            {"nvlink", h.nvlink_eff}}}};
 }
 
 std::vector<std::string> hardware_preset_names() { return {"h800", "h100", "cpu"}; }
@@ -117,8 +102,10 @@ Hardware hardware_preset(const std::string& name) {
     Hardware h;
     h.name = "cpu";
     h.measured = true;
-    h.fp8_tflops = m.fma_gflops / 1000;  // FP8 weights are widened; FP32 FMA is the rate
-    h.bf16_tflops = m.fma_gflops / 1000;
+    // FP8 weights widen exactly to BF16: BF16 dot products where the CPU has them, else FP32 FMA.
+    const double dot = m.bf16_gflops > 0 ? m.bf16_gflops : m.fma_gflops;
+    h.fp8_tflops = dot / 1000;
+    h.bf16_tflops = dot / 1000;
     h.hbm_gbps = m.mem_gbps;
     h.hbm_gb = 64;
     h.nvlink_gbps = m.mem_gbps / 2;  // ranks on one host exchange through shared memory

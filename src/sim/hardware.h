@@ -2,6 +2,7 @@
 // epserve rank) and its node. Every number carries its source in hardware.cpp and in
 // docs/ARCHITECTURE.md ("Simulator").
 #pragma once
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -35,19 +36,21 @@ struct Hardware {
   double normal_comm_eff = 0;    // DeepEP normal (prefill) kernels, fraction of rdma_gbps
   double nvlink_eff = 0;         // fraction of nvlink_gbps reached by DeepEP intranode
   int comm_sms_prefill = 0;      // SMs given to communication while prefill overlaps
+  int gemm_row_tile = 1;         // GEMM rows are computed in multiples of this (Hopper WGMMA: 64)
 
   bool measured = false;         // the cpu preset: rates measured on this machine
 };
 
 // `h800`, `h100` or `cpu` (measured here, in well under a second). Throws epserve::Error otherwise.
 Hardware hardware_preset(const std::string& name);
+nlohmann::json hardware_json(const Hardware& h);
 std::vector<std::string> hardware_preset_names();
 
-// A rough measurement of this machine: memory bandwidth (a streaming triad over a buffer much larger
-// than the caches) and the FP32 FMA rate (independent FMA chains on every thread).
+// This machine's read bandwidth, FP32 FMA and BF16 dot-product peaks (src/kernels/roofline.h).
 struct CpuMeasurement {
   double mem_gbps = 0;
   double fma_gflops = 0;
+  double bf16_gflops = 0;  // 0 without AVX512-BF16
   int threads = 0;
 };
 CpuMeasurement measure_cpu();

@@ -29,22 +29,22 @@ EngineEfficiency fitted_efficiency() {
 
 namespace {
 
-constexpr double kTile = 64;  // Hopper WGMMA M tile: rows are computed in multiples of 64
-
 struct Ctx {
   const Hardware& hw;
   const model::ModelConfig& c;
   double sm_frac = 1;  // fraction of SMs computing (prefill overlap gives some to communication)
 };
 
-double pad_rows(double m) { return m <= 0 ? 0 : std::ceil(m / kTile - 1e-9) * kTile; }
+double pad_rows(double m, int tile) {
+  return m <= 0 ? 0 : tile <= 1 ? m : std::ceil(m / tile - 1e-9) * tile;
+}
 
 // One GEMM y[M,N] = x[M,K] · W[N,K]ᵀ on one GPU: roofline of the padded FLOPs at the kernel rate and
 // the bytes of weights (wb bytes each), FP8 activations in, BF16 out. Seconds; adds to flops/bytes.
 double gemm(const Ctx& x, double m, double n, double k, double wb, bool bf16, double& flops, double& bytes) {
   if (m <= 0) return 0;
   const double f = 2 * m * n * k;
-  const double fpad = 2 * pad_rows(m) * n * k;
+  const double fpad = 2 * pad_rows(m, x.hw.gemm_row_tile) * n * k;
   const double b = n * k * wb + m * k * (bf16 ? 2 : 1) + m * n * 2;
   flops += f;
   bytes += b;
@@ -114,7 +114,7 @@ std::vector<StageCost> compute_stages(const Ctx& x, const Workload& w, double n,
     const double per_slot = rows / w.spg;
     const double mean_rows_per_slot = n * k * w.ep / w.slots;
     const double touched = w.spg * (1 - std::exp(-mean_rows_per_slot));
-    const double fpad = 2 * w.spg * pad_rows(per_slot) * 3 * fi * d;
+    const double fpad = 2 * w.spg * pad_rows(per_slot, x.hw.gemm_row_tile) * 3 * fi * d;
     mlp.flops = 2 * rows * 3 * fi * d;
     mlp.bytes = touched * 3 * fi * d + rows * (d + 2 * fi * 2 + d * 2);
     const double rate = x.hw.fp8_tflops * 1e12 * x.hw.gemm_eff * x.sm_frac;
