@@ -34,7 +34,7 @@ std::string num(double v) {
   if (a == 0) return "0";
   if (a >= 1e9) std::snprintf(buf, sizeof buf, "%gB", v / 1e9);
   else if (a >= 1e6) std::snprintf(buf, sizeof buf, "%gM", v / 1e6);
-  else if (a >= 1e4) std::snprintf(buf, sizeof buf, "%gk", v / 1e3);
+  else if (a >= 1e3) std::snprintf(buf, sizeof buf, "%gk", v / 1e3);
   else std::snprintf(buf, sizeof buf, "%g", v);
   return buf;
 }
