@@ -1,0 +1,196 @@
+// `epserve bench`: prefill and decode throughput of the engine on one process, as fractions of this
+// machine's ceilings (measured here: memory read bandwidth, FMA / BF16-dot peaks).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+
+#include "base/error.h"
+#include "cli/command.h"
+#include "cli/parse.h"
+#include "kernels/roofline.h"
+#include "model/model.h"
+
+namespace epserve::cli {
+namespace {
+
+using nlohmann::json;
+using clock_type = std::chrono::steady_clock;
+
+struct BenchArgs {
+  std::string model_dir, numerics = "deepseek", batches = "1,8,32";
+  int prompt_len = 512, prefill_prompts = 4, decode_context = 128, decode_steps = 16;
+  bool json_output = false;
+};
+
+double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
+
+// Weight bytes a decode step reads: everything but the embedding table (one row per token) once,
+// plus each routed expert that at least one token chose.
+double decode_bytes_per_step(const model::ModelConfig& c, const std::vector<model::Routing>& routing) {
+  double bytes = model::weight_bytes(c, 0) - double(c.vocab_size) * c.hidden_size * 2;
+  const double expert = model::parameter_counts(c).expert * (1.0 + 4.0 / 16384);
+  for (const auto& r : routing) bytes += expert * std::set<int>(r.expert.begin(), r.expert.end()).size();
+  return bytes;
+}
+
+// Multiply-adds ×2 per prompt of length n in a prefill forward (naive attention path).
+double prefill_flops(const model::ModelConfig& c, int n) {
+  const auto p = model::parameter_counts(c);
+  const double H = c.num_attention_heads, moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
+  double per_token = c.num_hidden_layers * p.attention_per_layer + c.first_k_dense_replace * p.dense_mlp_per_layer +
+                     moe_layers * (p.expert * (c.num_experts_per_tok + c.n_shared_experts) + p.gate_per_layer);
+  double total = 2 * per_token * n;
+  // Core attention over a causal prompt: scores (qk dims) and values (v dims), n²/2 pairs per head.
+  total += c.num_hidden_layers * 2.0 * H * (c.qk_head_dim() + c.v_head_dim) * n * (n + 1) / 2.0;
+  total += 2.0 * p.embedding;  // lm_head on the last position
+  return total;
+}
+
+int run_bench(const BenchArgs& a) {
+  const auto numerics = parse_numerics(a.numerics);
+  const auto batches = parse_token_list(a.batches, "--batches");
+  EPS_REQUIRE(a.prompt_len > 0 && a.prefill_prompts > 0 && a.decode_context > 0 && a.decode_steps > 0,
+              "--prompt-len, --prefill-prompts, --decode-context and --decode-steps must be positive");
+  std::fprintf(stderr, "bench: measuring this machine's ceilings...\n");
+  const auto roof = kernels::measure_roofline();
+  model::Model m(model::ModelWeights::load(a.model_dir));
+  const auto& c = m.config();
+  std::mt19937 rng(1);
+  auto prompt = [&](int len) {
+    std::vector<int> p(len);
+    for (int& t : p) t = int(rng() % uint32_t(c.vocab_size));
+    return p;
+  };
+  // The arithmetic ceiling for the format: BF16 dot products where the CPU has them (FP8 values are
+  // exact in BF16), FP32 FMAs otherwise; exact numerics always use FP32.
+  const bool bf16_peak = numerics == kernels::Numerics::kDeepSeek && roof.has_bf16_dot && roof.bf16_dot_gflops > 0;
+  const double peak_gflops = bf16_peak ? roof.bf16_dot_gflops : roof.fp32_fma_gflops;
+  json out = {{"model", a.model_dir},
+              {"numerics", a.numerics},
+              {"ceilings",
+               {{"threads", roof.threads},
+                {"read_gb_per_s", roof.read_gbps},
+                {"fp32_fma_gflops", roof.fp32_fma_gflops},
+                {"bf16_dot_gflops", roof.bf16_dot_gflops},
+                {"arithmetic_ceiling", bf16_peak ? "bf16_dot" : "fp32_fma"}}}};
+
+  // Warm up: touch the weights once so that page faults are not timed.
+  {
+    auto kv = m.new_sequence();
+    const auto p = prompt(64);
+    model::SequenceInput in{&kv, p};
+    m.forward({&in, 1}, {numerics});
+  }
+
+  // Prefill: `prefill_prompts` prompts of `prompt_len` tokens in one forward.
+  {
+    std::vector<model::SequenceKv> kvs;
+    std::vector<std::vector<int>> prompts;
+    std::vector<model::SequenceInput> batch;
+    for (int i = 0; i < a.prefill_prompts; ++i) {
+      kvs.push_back(m.new_sequence());
+      prompts.push_back(prompt(a.prompt_len));
+    }
+    for (int i = 0; i < a.prefill_prompts; ++i) batch.push_back({&kvs[i], prompts[i]});
+    m.profile() = {};
+    const auto t0 = clock_type::now();
+    m.forward(batch, {numerics});
+    const double s = seconds_since(t0);
+    const double tokens = double(a.prefill_prompts) * a.prompt_len;
+    const double gflops = a.prefill_prompts * prefill_flops(c, a.prompt_len) / s / 1e9;
+    const auto& pr = m.profile();
+    out["prefill_tokens_per_s"] = tokens / s;
+    out["prefill"] = {{"prompts", a.prefill_prompts},
+                      {"prompt_len", a.prompt_len},
+                      {"seconds", s},
+                      {"gflops", gflops},
+                      {"fraction_of_arithmetic_ceiling", gflops / peak_gflops},
+                      {"profile_s",
+                       {{"attention", pr.attention}, {"moe", pr.moe}, {"dense_mlp", pr.dense_mlp},
+                        {"norms", pr.norms}, {"embed", pr.embed}, {"lm_head", pr.lm_head}}}};
+  }
+
+  // Decode at each batch size: sequences with `decode_context` tokens of context, then timed steps.
+  out["decode_tokens_per_s"] = json::object();
+  out["decode"] = json::object();
+  for (int B : batches) {
+    EPS_REQUIRE(B > 0, "--batches: sizes must be positive");
+    std::vector<model::SequenceKv> kvs;
+    std::vector<std::vector<int>> prompts;
+    for (int i = 0; i < B; ++i) {
+      kvs.push_back(m.new_sequence());
+      prompts.push_back(prompt(a.decode_context));
+    }
+    for (int i = 0; i < B; i += 8) {  // prefill the contexts in groups (untimed)
+      std::vector<model::SequenceInput> batch;
+      for (int j = i; j < std::min(B, i + 8); ++j) batch.push_back({&kvs[j], prompts[j]});
+      m.forward(batch, {numerics});
+    }
+    m.profile() = {};
+    double seconds = 0, bytes = 0;
+    std::vector<int> next(B);
+    for (int step = 0; step < a.decode_steps; ++step) {
+      for (int& t : next) t = int(rng() % uint32_t(c.vocab_size));
+      std::vector<model::SequenceInput> batch;
+      for (int i = 0; i < B; ++i) batch.push_back({&kvs[i], std::span<const int>(&next[i], 1)});
+      std::vector<model::Routing> routing;
+      model::ForwardOptions options{numerics, model::AttentionPath::kAuto, false, &routing};
+      const auto t0 = clock_type::now();
+      m.forward(batch, options);
+      seconds += seconds_since(t0);
+      bytes += decode_bytes_per_step(c, routing);
+    }
+    const double tps = double(B) * a.decode_steps / seconds;
+    const double achieved_gbps = bytes / seconds / 1e9;
+    const auto& pr = m.profile();
+    out["decode_tokens_per_s"][std::to_string(B)] = tps;
+    out["decode"][std::to_string(B)] = {
+        {"step_ms", 1e3 * seconds / a.decode_steps},
+        {"weight_bytes_per_step", bytes / a.decode_steps},
+        {"weight_read_gb_per_s", achieved_gbps},
+        {"fraction_of_bandwidth_bound", achieved_gbps / roof.read_gbps},
+        {"profile_ms_per_step",
+         {{"attention", 1e3 * pr.attention / a.decode_steps}, {"moe", 1e3 * pr.moe / a.decode_steps},
+          {"dense_mlp", 1e3 * pr.dense_mlp / a.decode_steps}, {"norms", 1e3 * pr.norms / a.decode_steps},
+          {"lm_head", 1e3 * pr.lm_head / a.decode_steps}}}};
+  }
+
+  if (a.json_output) {
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("ceilings (%d threads): read %.1f GB/s, FP32 FMA %.0f GFLOP/s, BF16 dot %.0f GFLOP/s\n", roof.threads,
+              roof.read_gbps, roof.fp32_fma_gflops, roof.bf16_dot_gflops);
+  const auto& pf = out["prefill"];
+  std::printf("prefill %d x %d tokens: %.0f tokens/s, %.0f GFLOP/s = %.0f%% of the %s ceiling\n", a.prefill_prompts,
+              a.prompt_len, out["prefill_tokens_per_s"].get<double>(), pf["gflops"].get<double>(),
+              100 * pf["fraction_of_arithmetic_ceiling"].get<double>(), bf16_peak ? "BF16-dot" : "FP32-FMA");
+  for (int B : batches) {
+    const auto& d = out["decode"][std::to_string(B)];
+    std::printf("decode batch %2d: %7.1f tokens/s, step %.1f ms, weights %.0f MB/step at %.1f GB/s = %.0f%% of bandwidth\n",
+                B, out["decode_tokens_per_s"][std::to_string(B)].get<double>(), d["step_ms"].get<double>(),
+                d["weight_bytes_per_step"].get<double>() / 1e6, d["weight_read_gb_per_s"].get<double>(),
+                100 * d["fraction_of_bandwidth_bound"].get<double>());
+  }
+  return 0;
+}
+
+const CommandRegistration registration(
+    "bench", "Prefill and decode throughput as fractions of this machine's measured ceilings", [](CLI::App& app) {
+      auto a = std::make_shared<BenchArgs>();
+      app.add_option("--model", a->model_dir, "checkpoint directory (the bench preset)")->required();
+      app.add_option("--numerics", a->numerics, "deepseek or exact")->capture_default_str();
+      app.add_option("--prompt-len", a->prompt_len, "prefill prompt length")->capture_default_str();
+      app.add_option("--prefill-prompts", a->prefill_prompts, "prompts per prefill forward")->capture_default_str();
+      app.add_option("--batches", a->batches, "decode batch sizes, comma-separated")->capture_default_str();
+      app.add_option("--decode-context", a->decode_context, "context tokens per decoding sequence")->capture_default_str();
+      app.add_option("--decode-steps", a->decode_steps, "timed decode steps per batch size")->capture_default_str();
+      app.add_flag("--json", a->json_output, "print JSON");
+      return [a] { return run_bench(*a); };
+    });
+
+}  // namespace
+}  // namespace epserve::cli
