@@ -340,13 +340,16 @@ void decode_fp8_rows(const Activations& a, const Weight& w, int n, float* y, int
           }
         }
       }
-    } else {
-      for (int kk = 0; kk < kc; kk += 16) {
-        const int len = kc - kk, h = (kk / 16) & 1;
+    } else {  // a partial block: the same, with zero-filled loads past its end
+      for (int kk = 0; kk < kc; kk += 32) {
+        const int len = kc - kk;
         for (int r = 0; r < R; ++r) {
-          const __m512 wv = simd::widen_fp8x16(simd::load_codes16(wb + size_t(r) * K + kk, len));
-          for (int m = 0; m < M; ++m)
-            part[r][m][h] = _mm512_fmadd_ps(simd::load_floats16(xb + size_t(m) * K + kk, len), wv, part[r][m][h]);
+          const __m512 lo = simd::widen_fp8x16(simd::load_codes16(wb + size_t(r) * K + kk, len));
+          const __m512 hi = simd::widen_fp8x16(simd::load_codes16(wb + size_t(r) * K + kk + 16, len - 16));
+          for (int m = 0; m < M; ++m) {
+            part[r][m][0] = _mm512_fmadd_ps(simd::load_floats16(xb + size_t(m) * K + kk, len), lo, part[r][m][0]);
+            part[r][m][1] = _mm512_fmadd_ps(simd::load_floats16(xb + size_t(m) * K + kk + 16, len - 16), hi, part[r][m][1]);
+          }
         }
       }
     }
@@ -388,12 +391,15 @@ void decode_bf16_rows(const Activations& a, const Weight& w, int n, float* y, in
       }
     }
   }
-  for (; k < K; k += 16) {
-    const int len = K - k, h = (k / 16) & 1;
+  if (k < K) {  // the tail: the same, with zero-filled loads past the end
+    const int len = K - k;
     for (int r = 0; r < R; ++r) {
-      const __m512 wv = simd::widen_bf16x16(rows + size_t(r) * K + k, len);
-      for (int m = 0; m < M; ++m)
-        acc[r][m][h] = _mm512_fmadd_ps(simd::load_floats16(a.x + size_t(m) * K + k, len), wv, acc[r][m][h]);
+      const __m512 lo = simd::widen_bf16x16(rows + size_t(r) * K + k, len);
+      const __m512 hi = simd::widen_bf16x16(rows + size_t(r) * K + k + 16, len - 16);
+      for (int m = 0; m < M; ++m) {
+        acc[r][m][0] = _mm512_fmadd_ps(simd::load_floats16(a.x + size_t(m) * K + k, len), lo, acc[r][m][0]);
+        acc[r][m][1] = _mm512_fmadd_ps(simd::load_floats16(a.x + size_t(m) * K + k + 16, len - 16), hi, acc[r][m][1]);
+      }
     }
   }
   for (int r = 0; r < R; ++r)
@@ -630,7 +636,7 @@ struct Item {
   int job, n0, n1, p0, p1;  // decode items have p0 = p1 = 0
 };
 
-// Items for one product; target_items is how many pieces this product should be cut into.
+// Items for one product. Decode: target_items contiguous row ranges; prefill: fixed-size items.
 void add_items(std::vector<Item>& items, int job, const Activations& a, const Weight& w, int target_items) {
   const int N = w.N;
   if (N == 0 || a.M == 0) return;

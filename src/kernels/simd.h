@@ -48,6 +48,7 @@ inline void widen_fp8x32(const uint8_t* p, __m512& lo, __m512& hi) {
 inline __mmask16 first_lanes16(int n) {
   return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
 }
+// (Masked loads of no lanes touch no memory: p may point past the end when n ≤ 0.)
 inline __m128i load_codes16(const uint8_t* p, int n) {
   return n >= 16 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)) : _mm_maskz_loadu_epi8(first_lanes16(n), p);
 }
