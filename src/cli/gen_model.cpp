@@ -9,17 +9,10 @@
 #include "model/checkpoint_layout.h"
 #include "model/generate.h"
 #include "model/weights.h"
+#include "tokenizer/tokenizer.h"
 
 namespace epserve::cli {
 namespace {
-
-// TODO(tokenizer): use cached_tokenizer_dir() once it lands.
-std::filesystem::path cached_tokenizer_dir() {
-  const char* cache = std::getenv("EPSERVE_CACHE");
-  const char* home = std::getenv("HOME");
-  std::filesystem::path root = cache ? cache : std::filesystem::path(home ? home : "/tmp") / ".cache/epserve";
-  return root / "tokenizer/deepseek-v3";
-}
 
 struct GenModelArgs {
   std::string preset, out, tokenizer_dir;
@@ -45,7 +38,7 @@ int run_gen_model(const GenModelArgs& a) {
   o.shard_bytes = size_t(a.shard_mb) << 20;
   o.single_file = a.single_file;
   o.include_mtp = !a.no_mtp;
-  if (!a.no_tokenizer) o.tokenizer_dir = a.tokenizer_dir.empty() ? cached_tokenizer_dir() : std::filesystem::path(a.tokenizer_dir);
+  if (!a.no_tokenizer) o.tokenizer_dir = a.tokenizer_dir.empty() ? tokenizer::default_tokenizer_dir() : std::filesystem::path(a.tokenizer_dir);
   const double bytes = model::weight_bytes(o.config, o.config.n_routed_experts);
   if (a.dry_run) {
     if (!a.out.empty()) {

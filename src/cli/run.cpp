@@ -9,6 +9,8 @@
 #include "cli/parse.h"
 #include "model/generation.h"
 #include "model/weights.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 namespace epserve::cli {
 namespace {
@@ -16,11 +18,11 @@ namespace {
 using nlohmann::json;
 
 struct RunArgs {
-  std::string model_dir, tokens, batch_file, numerics = "deepseek", attention = "auto", dump_logits;
+  std::string model_dir, tokens, prompt, batch_file, numerics = "deepseek", attention = "auto", dump_logits;
   int max_tokens = 16;
   double temperature = 0, top_p = 1;
   uint64_t seed = 0;
-  bool json_output = false, plan = false, ignore_eos = false;
+  bool json_output = false, plan = false, ignore_eos = false, chat = false;
   int ranks = 1, redundant = 0;
 };
 
@@ -57,9 +59,23 @@ int print_plan(const RunArgs& a) {
   return 0;
 }
 
-std::vector<std::vector<int>> read_prompts(const RunArgs& a) {
+// Text prompts: plain text gets the BOS token first (as HF's tokenizer for V3 adds it); with --chat
+// the text is one user message rendered by the checkpoint's chat template, which writes the BOS.
+std::vector<int> encode_prompt(const RunArgs& a, const std::string& text, const model::ModelConfig& c) {
+  const auto tok = tokenizer::Tokenizer::load(a.model_dir);
+  if (a.chat) {
+    const auto tmpl = tokenizer::ChatTemplate::load(a.model_dir);
+    return tok.encode(tmpl.render({{"user", text}}, /*add_generation_prompt=*/true));
+  }
+  std::vector<int> ids{c.bos_token_id};
+  tok.encode_append(text, ids);
+  return ids;
+}
+
+std::vector<std::vector<int>> read_prompts(const RunArgs& a, const model::ModelConfig& c) {
   std::vector<std::vector<int>> prompts;
   if (!a.tokens.empty()) prompts.push_back(parse_token_list(a.tokens, "--tokens"));
+  if (!a.prompt.empty()) prompts.push_back(encode_prompt(a, a.prompt, c));
   if (!a.batch_file.empty()) {
     std::ifstream in(a.batch_file);
     EPS_REQUIRE(in, a.batch_file + ": cannot open");
@@ -68,10 +84,21 @@ std::vector<std::vector<int>> read_prompts(const RunArgs& a) {
     while (std::getline(in, line)) {
       ++number;
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      prompts.push_back(parse_token_list(line, a.batch_file + ":" + std::to_string(number)));
+      const std::string where = a.batch_file + ":" + std::to_string(number);
+      if (line.front() == '"') {  // a JSON string: text
+        std::string text;
+        try {
+          text = json::parse(line).get<std::string>();
+        } catch (const std::exception&) {
+          throw Error(where + ": a line starting with '\"' must be one JSON string");
+        }
+        prompts.push_back(encode_prompt(a, text, c));
+      } else {
+        prompts.push_back(parse_token_list(line, where));
+      }
     }
   }
-  EPS_REQUIRE(!prompts.empty(), "nothing to run: give --tokens or --batch-file");
+  EPS_REQUIRE(!prompts.empty(), "nothing to run: give --tokens, --prompt or --batch-file");
   return prompts;
 }
 
@@ -83,7 +110,7 @@ int run(const RunArgs& a) {
   model::ForwardOptions options;
   options.numerics = parse_numerics(a.numerics);
   options.attention = parse_attention_path(a.attention);
-  const auto prompts = read_prompts(a);
+  const auto prompts = read_prompts(a, model::ModelConfig::load(a.model_dir));
   const auto t0 = std::chrono::steady_clock::now();
   model::Model m(model::ModelWeights::load(a.model_dir));
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -112,20 +139,28 @@ int run(const RunArgs& a) {
             {"decode_tokens", timings.decode_tokens},
             {"prefill_tokens_per_s", timings.prefill_s > 0 ? timings.prefill_tokens / timings.prefill_s : 0.0},
             {"decode_tokens_per_s", timings.decode_s > 0 ? timings.decode_tokens / timings.decode_s : 0.0}};
+  // Text of the generated tokens where the checkpoint has a tokenizer (special tokens dropped).
+  std::vector<json> texts(results.size(), nullptr);
+  if (std::filesystem::exists(std::filesystem::path(a.model_dir) / "tokenizer.json")) {
+    const auto tok = tokenizer::Tokenizer::load(a.model_dir);
+    for (size_t i = 0; i < results.size(); ++i) texts[i] = tok.decode(results[i].tokens, /*skip_special_tokens=*/true);
+  }
   if (a.json_output) {
     json j;
     if (results.size() == 1) {
-      j = {{"tokens", results[0].tokens}, {"text", nullptr}};
+      j = {{"tokens", results[0].tokens}, {"text", texts[0]}};
     } else {
       j["sequences"] = json::array();
-      for (const auto& r : results) j["sequences"].push_back({{"tokens", r.tokens}, {"text", nullptr}});
+      for (size_t i = 0; i < results.size(); ++i) j["sequences"].push_back({{"tokens", results[i].tokens}, {"text", texts[i]}});
     }
     j["timings"] = t;
     std::printf("%s\n", j.dump().c_str());
   } else {
-    for (const auto& r : results) {
+    for (size_t s = 0; s < results.size(); ++s) {
+      const auto& r = results[s];
       for (size_t i = 0; i < r.tokens.size(); ++i) std::printf("%s%d", i ? "," : "", r.tokens[i]);
       std::printf("\n");
+      if (texts[s].is_string()) std::printf("%s\n", texts[s].get<std::string>().c_str());
     }
     std::fprintf(stderr, "prefill %ld tokens in %.3f s, decode %ld tokens in %.3f s (%.1f tokens/s)\n",
                  timings.prefill_tokens, timings.prefill_s, timings.decode_tokens, timings.decode_s,
@@ -135,12 +170,15 @@ int run(const RunArgs& a) {
 }
 
 const CommandRegistration registration(
-    "run", "Generate from a checkpoint (token ids in, token ids out), or --plan its memory per rank",
+    "run", "Generate from a checkpoint (token ids or text), or --plan its memory per rank",
     [](CLI::App& app) {
       auto a = std::make_shared<RunArgs>();
       app.add_option("--model", a->model_dir, "checkpoint directory")->required();
       app.add_option("--tokens", a->tokens, "prompt token ids, comma-separated");
-      app.add_option("--batch-file", a->batch_file, "one prompt per line (comma-separated ids), run as one batch");
+      app.add_option("--prompt", a->prompt, "prompt text (tokenized with the checkpoint's tokenizer.json)");
+      app.add_flag("--chat", a->chat, "render --prompt as a user message with the chat template");
+      app.add_option("--batch-file", a->batch_file,
+                     "one prompt per line (comma-separated ids, or a JSON string of text), run as one batch");
       app.add_option("--max-tokens", a->max_tokens, "tokens to generate per prompt")->capture_default_str();
       app.add_option("--temperature", a->temperature, "0 = greedy")->capture_default_str();
       app.add_option("--top-p", a->top_p, "nucleus sampling mass")->capture_default_str();
