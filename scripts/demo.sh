@@ -8,5 +8,5 @@ bash scripts/fetch-node-deps.sh
 bash scripts/build.sh >/dev/null
 model=${EPSERVE_CACHE:-$HOME/.cache/epserve}/models/bench
 [ -f "$model/config.json" ] || ./build/epserve gen-model --preset bench --seed 1 --expert-skew 1.0 --out "$model"
-./build/epserve run --model "$model" --tokens 0,3524,16,1234,77 --max-tokens 16 --json
+./build/epserve run --model "$model" --prompt "The expert-parallel deployment of DeepSeek-V3" --max-tokens 16 --json
 ./build/epserve bench --model "$model"
