@@ -251,7 +251,7 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
   CLI::App* cal = app.add_subcommand("calibrate", "refit the engine efficiencies to DeepSeek's published day");
   add_day_options(cal, *cal_o);
 
-  return Action([=, &app]() -> int {
+  return Action([=]() -> int {
     if (unit->parsed()) {
       const auto cfg = load_model(unit_o->model_dir);
       const Hardware hw = hardware_preset(unit_o->hw);
@@ -301,7 +301,6 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
       print_json(j);
       return 0;
     }
-    (void)app;
     return 1;
   });
 });

@@ -19,7 +19,9 @@ const char* role_name(Role r) { return r == Role::prefill ? "prefill" : "decode"
 EngineEfficiency fitted_efficiency() {
   // FITTED (the only fitted constants of the unit model): the ratio between what DeepSeek's engine
   // reached on its published day (H800, 2025-02-27) and the kernel-level rates of hardware.cpp, for
-  // each role. `epserve sim calibrate` refits them from the published day and prints both.
+  // each role. `epserve sim calibrate` refits them from the published day and prints both. The fit
+  // goes through the day model, so it depends on its assumptions (target utilization 0.85, length
+  // sigma 0.5; see docs/ARCHITECTURE.md "Fitted vs predicted").
   // Everything else (H100, SGLang's figures, the sweeps) is predicted with these values.
   EngineEfficiency e;
   e.prefill = 0.547;
