@@ -41,6 +41,12 @@ std::vector<float> Model::forward(std::span<const SequenceInput> batch, const Fo
     }
   }
   const int T = int(tokens.size());
+  if (T == 0) {
+    // Nothing to compute here, but the routed experts' exchanges are collective: take part in each.
+    for (int l = 0; l < c.num_hidden_layers; ++l)
+      if (weights_.layers[l].moe) moe_forward(*weights_.layers[l].moe, c, l, {}, 0, {}, mode, *runner_);
+    return {};
+  }
   for (const auto& s : batch) s.kv->grow(int(s.tokens.size()));
 
   std::vector<float> h(size_t(T) * d), x(size_t(T) * d), y(size_t(T) * d);
@@ -75,7 +81,7 @@ std::vector<float> Model::forward(std::span<const SequenceInput> batch, const Fo
     } else {
       Stopwatch sw(profile_.moe);
       Routing routing;
-      moe_forward(*L.moe, c, x, T, y, mode, options.routing_log ? &routing : nullptr);
+      moe_forward(*L.moe, c, l, x, T, y, mode, *runner_, options.routing_log ? &routing : nullptr);
       if (options.routing_log) options.routing_log->push_back(std::move(routing));
     }
     add_residual();

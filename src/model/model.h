@@ -1,6 +1,7 @@
 // DeepSeek-V3's forward pass (reference §4) over a batch of sequences of different lengths, each
 // with its own MLA cache.
 #pragma once
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -44,9 +45,13 @@ class Model {
   std::vector<float> forward(std::span<const SequenceInput> batch, const ForwardOptions& options = {});
 
   ForwardProfile& profile() { return profile_; }
+  // Where the routed experts run (default: here). The expert-parallel runner exchanges rows with
+  // the other ranks of a unit; every rank must then call forward in lockstep (an empty batch too).
+  void set_expert_runner(std::unique_ptr<ExpertRunner> runner) { runner_ = std::move(runner); }
 
  private:
   ModelWeights weights_;
+  std::unique_ptr<ExpertRunner> runner_ = std::make_unique<LocalExpertRunner>();
   YarnRope rope_;
   ForwardProfile profile_;
 };

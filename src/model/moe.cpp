@@ -27,10 +27,11 @@ void swiglu(std::span<float> g, std::span<const float> u, Numerics mode) {
 
 Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T) {
   const int E = c.n_routed_experts, K = c.num_experts_per_tok, G = c.n_group, per_group = E / G;
-  std::vector<float> logits(size_t(T) * E);
-  kernels::matmul_bf16(x, T, w.gate, logits);
   Routing r;
   r.k = K;
+  if (T == 0) return r;
+  std::vector<float> logits(size_t(T) * E);
+  kernels::matmul_bf16(x, T, w.gate, logits);
   r.expert.resize(size_t(T) * K);
   r.weight.resize(size_t(T) * K);
   for (int t = 0; t < T; ++t) {
@@ -77,26 +78,31 @@ void mlp_forward(const MlpWeights& w, std::span<const float> x, int T, std::span
   kernels::matmul_fp8(g, T, w.down, out, mode);
 }
 
-void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<std::vector<float>>& rows,
+void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<ExpertInput>& inputs,
                  std::vector<std::vector<float>>& outputs, Numerics mode) {
   const int E = c.n_routed_experts, d = c.hidden_size, inter = c.moe_intermediate_size;
   std::vector<std::vector<float>> g(E), u(E);
   std::vector<Fp8MatmulTask> up_tasks, down_tasks;
   outputs.assign(E, {});
   for (int e = 0; e < E; ++e) {
-    const int M = int(rows[e].size() / d);
+    const int M = inputs[e].rows;
     if (M == 0) continue;
     EPS_REQUIRE(w.experts[e].has_value(), "tokens were routed to expert " + std::to_string(e) +
                                               ", which this process does not hold");
     g[e].resize(size_t(M) * inter);
     u[e].resize(size_t(M) * inter);
     outputs[e].resize(size_t(M) * d);
-    up_tasks.push_back({rows[e], M, &w.experts[e]->gate, g[e]});
-    up_tasks.push_back({rows[e], M, &w.experts[e]->up, u[e]});
+    if (mode == Numerics::kExact) {
+      up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->gate, g[e]});
+      up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->up, u[e]});
+    } else {
+      kernels::matmul_fp8_quantized(inputs[e].fp8, w.experts[e]->gate, g[e]);
+      kernels::matmul_fp8_quantized(inputs[e].fp8, w.experts[e]->up, u[e]);
+    }
   }
   kernels::matmul_fp8_grouped(up_tasks, mode);
   for (int e = 0; e < E; ++e) {
-    const int M = int(rows[e].size() / d);
+    const int M = inputs[e].rows;
     if (M == 0) continue;
     swiglu(g[e], u[e], mode);
     down_tasks.push_back({g[e], M, &w.experts[e]->down, outputs[e]});
@@ -104,32 +110,52 @@ void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<st
   kernels::matmul_fp8_grouped(down_tasks, mode);
 }
 
-void moe_forward(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T, std::span<float> out,
-                 Numerics mode, Routing* routing_out) {
-  const int E = c.n_routed_experts, d = c.hidden_size;
-  const Routing r = route_tokens(w, c, x, T);
-  // Gather each expert's rows; remember where every (token, choice) landed.
-  std::vector<std::vector<float>> rows(E), outputs;
+void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c, const Routing& r,
+                            std::span<const float> x, int T, Numerics mode, std::vector<float>& rows) {
+  const int E = c.n_routed_experts, d = c.hidden_size, blocks = kernels::ceil_div(d, kernels::kQuantBlock);
+  kernels::Fp8Rows xq;
+  if (mode == Numerics::kDeepSeek) kernels::quantize_rows_fp8(x, T, d, xq);
+  std::vector<ExpertInput> inputs(E);
   std::vector<int> slot(size_t(T) * r.k);
   for (int t = 0; t < T; ++t)
     for (int k = 0; k < r.k; ++k) {
-      const int e = r.expert[size_t(t) * r.k + k];
-      slot[size_t(t) * r.k + k] = int(rows[e].size() / d);
-      rows[e].insert(rows[e].end(), x.begin() + size_t(t) * d, x.begin() + size_t(t + 1) * d);
+      auto& in = inputs[r.expert[size_t(t) * r.k + k]];
+      slot[size_t(t) * r.k + k] = in.rows++;
+      if (mode == Numerics::kExact) {
+        in.f32.insert(in.f32.end(), x.begin() + size_t(t) * d, x.begin() + size_t(t + 1) * d);
+      } else {
+        in.fp8.codes.insert(in.fp8.codes.end(), xq.codes.begin() + size_t(t) * d, xq.codes.begin() + size_t(t + 1) * d);
+        in.fp8.scales.insert(in.fp8.scales.end(), xq.scales.begin() + size_t(t) * blocks,
+                             xq.scales.begin() + size_t(t + 1) * blocks);
+        in.fp8.rows = in.rows;
+        in.fp8.cols = d;
+      }
     }
-  run_experts(w, c, rows, outputs, mode);
+  std::vector<std::vector<float>> outputs;
+  run_experts(w, c, inputs, outputs, mode);
+  rows.resize(size_t(T) * r.k * d);
+  for (int t = 0; t < T; ++t)
+    for (int k = 0; k < r.k; ++k) {
+      const auto& out = outputs[r.expert[size_t(t) * r.k + k]];
+      std::copy_n(out.begin() + size_t(slot[size_t(t) * r.k + k]) * d, d, rows.begin() + (size_t(t) * r.k + k) * d);
+    }
+}
+
+void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span<const float> x, int T,
+                 std::span<float> out, Numerics mode, ExpertRunner& runner, Routing* routing_out) {
+  const int d = c.hidden_size;
+  const Routing r = route_tokens(w, c, x, T);
+  std::vector<float> rows;
+  runner.run(layer, w, c, r, x, T, mode, rows);
   std::vector<float> shared(size_t(T) * d, 0.0f);
-  if (w.shared) mlp_forward(*w.shared, x, T, shared, mode);
+  if (w.shared && T > 0) mlp_forward(*w.shared, x, T, shared, mode);
   for (int t = 0; t < T; ++t)
     for (int j = 0; j < d; ++j) {
       float acc = 0;
-      for (int k = 0; k < r.k; ++k) {
-        const int e = r.expert[size_t(t) * r.k + k];
-        acc += r.weight[size_t(t) * r.k + k] * outputs[e][size_t(slot[size_t(t) * r.k + k]) * d + j];
-      }
+      for (int k = 0; k < r.k; ++k) acc += r.weight[size_t(t) * r.k + k] * rows[(size_t(t) * r.k + k) * d + j];
       out[size_t(t) * d + j] = acc + shared[size_t(t) * d + j];
     }
-  round_activations(out, mode);
+  round_activations(out.first(size_t(T) * d), mode);
   if (routing_out) *routing_out = r;
 }
 

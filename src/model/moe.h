@@ -24,15 +24,39 @@ Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const 
 // out[T, hidden] = SwiGLU(x) for a dense block.
 void mlp_forward(const MlpWeights& w, std::span<const float> x, int T, std::span<float> out, kernels::Numerics mode);
 
-// out[T, hidden] = Σ_k weight·Expert_k(x) + Shared(x). Tokens are grouped per expert so each expert's
-// weights are read once per step however many tokens chose it; the weighted sum runs in FP32 in
-// choice order, so the result does not depend on how experts are grouped or placed.
-void moe_forward(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T, std::span<float> out,
-                 kernels::Numerics mode, Routing* routing_out = nullptr);
+// The inputs of one routed expert, as DeepSeek dispatches them: FP32 rows in exact numerics; FP8
+// rows with their per-128-channel scales in DeepSeek numerics (quantized once, at the token's home
+// rank, so that one rank and many ranks compute with the same numbers).
+struct ExpertInput {
+  int rows = 0;
+  std::vector<float> f32;   // [rows, hidden], exact numerics
+  kernels::Fp8Rows fp8;     // [rows, hidden], DeepSeek numerics
+};
 
-// Runs the routed experts for rows that were already gathered per expert (the expert-parallel
-// worker's entry point as well): rows[e] holds the inputs routed to expert e, results in outputs[e].
-void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<std::vector<float>>& rows,
+// Runs the routed experts on their gathered inputs: outputs[e] is [inputs[e].rows, hidden], BF16
+// values in DeepSeek numerics. Each expert's weights are read once for all its rows.
+void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<ExpertInput>& inputs,
                  std::vector<std::vector<float>>& outputs, kernels::Numerics mode);
+
+// Produces Expert_{e(t,k)}(x_t) for every token t and choice k, rows in (t, k) order: on this
+// process (LocalExpertRunner) or on the ranks that own the experts (dist::ExpertParallelRunner).
+class ExpertRunner {
+ public:
+  virtual ~ExpertRunner() = default;
+  virtual void run(int layer, const MoeWeights& w, const ModelConfig& c, const Routing& routing,
+                   std::span<const float> x, int T, kernels::Numerics mode, std::vector<float>& rows) = 0;
+};
+
+class LocalExpertRunner : public ExpertRunner {
+ public:
+  void run(int layer, const MoeWeights& w, const ModelConfig& c, const Routing& routing, std::span<const float> x,
+           int T, kernels::Numerics mode, std::vector<float>& rows) override;
+};
+
+// out[T, hidden] = Σ_k weight·Expert_k(x) + Shared(x): routing on this process, routed experts by
+// `runner`, the weighted sum in FP32 in choice order (so the result does not depend on where the
+// experts ran), the shared expert here.
+void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span<const float> x, int T,
+                 std::span<float> out, kernels::Numerics mode, ExpertRunner& runner, Routing* routing_out = nullptr);
 
 }  // namespace epserve::model
