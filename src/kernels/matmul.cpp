@@ -489,6 +489,13 @@ inline void micro_bf16(const uint32_t* xp, const uint16_t* wd, int kc2, float* c
 }
 #endif
 
+// The same row's next 128-block (the tile after this one): fetched while this one is converted.
+inline void prefetch_next_block(const void* row_at_k0, int left_in_row, int elem_bytes) {
+  if (left_in_row <= kQuantBlock) return;
+  const char* p = static_cast<const char*>(row_at_k0) + kQuantBlock * elem_bytes;
+  for (int off = 0; off < kQuantBlock * elem_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+}
+
 // Dequantize weight rows [n0, n0+nn) × k-block [k0, k0+kc) into wd[kNChunkPad][128] (rows ≥ nn
 // and columns ≥ kc are zero). FP32 values carry 2^-8 (FP8) or are exact (BF16 weights).
 void dequant_tile_f32(const Weight& w, int n0, int nn, int k0, int kc, float* wd) {
@@ -496,9 +503,11 @@ void dequant_tile_f32(const Weight& w, int n0, int nn, int k0, int kc, float* wd
     float* dst = wd + size_t(r) * kQuantBlock;
     if (w.is_bf16()) {
       const uint16_t* src = w.bf16 + size_t(n0 + r) * w.K + k0;
+      prefetch_next_block(src, w.K - k0, 2);
       for (int k = 0; k < kc; k += 16) _mm512_store_ps(dst + k, simd::widen_bf16x16(src + k, kc - k));
     } else {
       const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
+      prefetch_next_block(src, w.K - k0, 1);
       for (int k = 0; k < kc; k += 32) {
         _mm512_store_ps(dst + k, simd::widen_fp8x16(simd::load_codes16(src + k, kc - k)));
         _mm512_store_ps(dst + k + 16, simd::widen_fp8x16(simd::load_codes16(src + k + 16, kc - k - 16)));
@@ -515,6 +524,7 @@ void dequant_tile_bf16(const Weight& w, int n0, int nn, int k0, int kc, uint16_t
   for (int r = 0; r < nn; ++r) {
     uint16_t* dst = wd + size_t(r) * kQuantBlock;
     const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
+    prefetch_next_block(src, w.K - k0, 1);
     for (int k = 0; k < kQuantBlock; k += 32) {
       const __m512 lo = simd::widen_fp8x16(simd::load_codes16(src + k, kc - k));
       const __m512 hi = simd::widen_fp8x16(simd::load_codes16(src + k + 16, kc - k - 16));
