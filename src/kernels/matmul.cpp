@@ -125,8 +125,8 @@ struct Activations {
   int M = 0, K = 0, kb = 0;
   bool deepseek = false;
   bool prefill = false;
-  // Decode (and the scalar path): row-major [M][K]; exact → the caller's x, DeepSeek → the codes'
-  // values · 2^-8.
+  // Row-major [M][K] (decode with BF16 weights, the scalar path): exact → the caller's x,
+  // DeepSeek (scalar path only) → the codes' values · 2^-8.
   const float* x = nullptr;
   // Decode with FP8 weights (AVX-512): exact values in [kb][M][128] blocks, zero-padded, each 64
   // permuted as simd::widen_fp8x64 permutes the weights.
@@ -209,6 +209,9 @@ void prepare_from_codes(Activations& a, bool par) {
   a.xscale = a.scales;
   const uint8_t* codes = a.codes;
   if (!a.prefill) {
+#ifdef EPS_KERNELS_AVX512
+    return;  // the decode kernels read a.xk (prepare_decode_blocks)
+#endif
     a.xd.resize(size_t(M) * K);
     float* xd = a.xd.data();
     const long total = long(M) * K;
