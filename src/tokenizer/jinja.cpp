@@ -935,7 +935,20 @@ class Renderer {
 Template Template::parse(std::string_view source, const std::string& where) {
   Template t;
   t.where_ = where;
-  Parser p(split_source(source, where), where);
+  // Jinja2's lexer first turns every \r\n and \r into \n and drops one final newline
+  // (keep_trailing_newline is off in transformers).
+  std::string text;
+  text.reserve(source.size());
+  for (size_t k = 0; k < source.size(); ++k) {
+    if (source[k] == '\r') {
+      text += '\n';
+      if (k + 1 < source.size() && source[k + 1] == '\n') ++k;
+    } else {
+      text += source[k];
+    }
+  }
+  if (!text.empty() && text.back() == '\n') text.pop_back();
+  Parser p(split_source(text, where), where);
   t.body_ = std::make_shared<const std::vector<Node>>(p.parse_all());
   return t;
 }

@@ -49,11 +49,17 @@ inline nlohmann::json hf_reference(nlohmann::json request, const std::string& na
   {
     std::ofstream(dir / "request.json") << request.dump();
   }
-  const std::string cmd = "NODE_PATH='" + (epserve_cache() / "node" / "node_modules").string() + "' node '" +
+  const std::string cmd = "(NODE_PATH='" + (epserve_cache() / "node" / "node_modules").string() + "' node '" +
                           (source_dir() / "tests" / "tokenizer" / "hf_reference.mjs").string() + "' '" +
-                          (dir / "request.json").string() + "' > '" + (dir / "response.json").string() + "'";
+                          (dir / "request.json").string() + "' > '" + (dir / "response.json").string() + "' 2> '" +
+                          (dir / "stderr.txt").string() + "')";
   const auto r = run_command(cmd);
-  if (r.exit_code != 0) throw std::runtime_error("hf_reference.mjs failed: " + r.output);
+  if (r.exit_code != 0) {
+    std::ifstream err(dir / "stderr.txt");
+    std::stringstream es;
+    es << err.rdbuf();
+    throw std::runtime_error("hf_reference.mjs failed: " + r.output + es.str());
+  }
   std::ifstream in(dir / "response.json");
   std::stringstream ss;
   ss << in.rdbuf();
