@@ -722,8 +722,10 @@ void matmul_one(const float* x, const Fp8Rows* quantized, int M, const Weight& w
   const int threads = omp_get_max_threads();
   std::vector<Job> jobs{{&a, w, y}};
   std::vector<Item> items;
-  add_items(items, 0, a, w, a.prefill ? 4 * threads : threads);
-  run_items(jobs, items, a.prefill);
+  // Decode: 8 contiguous row ranges per thread, handed out dynamically, so that a thread that
+  // loses its core for a while (these machines are shared) does not hold up the whole product.
+  add_items(items, 0, a, w, 8 * threads);
+  run_items(jobs, items, true);
 }
 
 }  // namespace
