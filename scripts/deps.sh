@@ -3,7 +3,7 @@
 # Node packages (the DeepSeek-V3 tokenizer files and the test-only reference implementations) are
 # fetched by scripts/fetch-node-deps.sh.
 set -euo pipefail
-packages=(build-essential cmake pkg-config libgtest-dev libbenchmark-dev nlohmann-json3-dev
+packages=(build-essential cmake pkg-config libgtest-dev libbenchmark-dev nlohmann-json3-dev libopenmpi-dev openmpi-bin
   libcli11-dev libpcre2-dev libfmt-dev nodejs npm)
 missing=()
 for p in "${packages[@]}"; do

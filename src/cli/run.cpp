@@ -4,7 +4,14 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include <omp.h>
+
+#include <cstring>
+#include <thread>
+
 #include "base/error.h"
+#include "dist/expert_parallel_runner.h"
+#include "dist/mpi_comm.h"
 #include "cli/command.h"
 #include "cli/parse.h"
 #include "model/generation.h"
@@ -18,7 +25,7 @@ namespace {
 using nlohmann::json;
 
 struct RunArgs {
-  std::string model_dir, tokens, prompt, batch_file, numerics = "deepseek", attention = "auto", dump_logits;
+  std::string model_dir, tokens, prompt, batch_file, placement, numerics = "deepseek", attention = "auto", dump_logits;
   int max_tokens = 16;
   double temperature = 0, top_p = 1;
   uint64_t seed = 0;
@@ -110,14 +117,42 @@ int run(const RunArgs& a) {
   model::ForwardOptions options;
   options.numerics = parse_numerics(a.numerics);
   options.attention = parse_attention_path(a.attention);
-  const auto prompts = read_prompts(a, model::ModelConfig::load(a.model_dir));
+  const auto config = model::ModelConfig::load(a.model_dir);
+  const auto all_prompts = read_prompts(a, config);
+
+  // Under mpirun: this process is one rank of an expert-parallel unit. Prompts are spread over the
+  // ranks (data parallel attention), routed experts over their slots (expert parallel).
+  std::unique_ptr<dist::MpiComm> comm;
+  if (dist::launched_by_mpirun()) {
+    comm = std::make_unique<dist::MpiComm>();
+    const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
+    omp_set_num_threads(std::max(1, cores / comm->local_size()));
+  }
+  const int rank = comm ? comm->rank() : 0, ranks = comm ? comm->size() : 1;
+  std::optional<dist::ExpertPlacement> placement;
+  if (comm || !a.placement.empty() || a.redundant > 0)
+    placement = a.placement.empty() ? dist::ExpertPlacement::even(config, ranks, a.redundant)
+                                    : dist::ExpertPlacement::load(a.placement, config, ranks);
+  model::LoadOptions load_options;
+  load_options.progress = rank == 0;
+  if (placement) load_options.owns_expert = [&](int l, int e) { return placement->rank_owns(rank, l, e); };
+
   const auto t0 = std::chrono::steady_clock::now();
-  model::Model m(model::ModelWeights::load(a.model_dir));
+  model::Model m(model::ModelWeights::load(a.model_dir, load_options));
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  dist::ExpertParallelRunner* ep_runner = nullptr;
+  if (comm) {
+    auto runner = std::make_unique<dist::ExpertParallelRunner>(*comm, *placement);
+    ep_runner = runner.get();
+    m.set_expert_runner(std::move(runner));
+  }
+  std::vector<size_t> mine;  // indices of the prompts this rank serves
+  for (size_t i = 0; i < all_prompts.size(); ++i)
+    if (int(i % ranks) == rank) mine.push_back(i);
   std::vector<model::GenerationRequest> requests;
-  for (size_t i = 0; i < prompts.size(); ++i) {
+  for (size_t i : mine) {
     model::GenerationRequest r;
-    r.prompt = prompts[i];
+    r.prompt = all_prompts[i];
     r.max_tokens = a.max_tokens;
     r.sampling = {a.temperature, a.top_p};
     r.seed = a.seed + i;
@@ -125,7 +160,47 @@ int run(const RunArgs& a) {
     requests.push_back(std::move(r));
   }
   model::GenerationTimings timings;
-  const auto results = model::generate(m, requests, options, !a.dump_logits.empty(), &timings);
+  model::LiveSync sync;
+  if (comm) sync = [&](bool live) { return comm->allreduce_max(live ? 1 : 0) > 0; };
+  auto local = model::generate(m, requests, options, !a.dump_logits.empty(), &timings, sync);
+
+  // Rank 0 collects every rank's results, in prompt order.
+  std::vector<model::GenerationResult> results(all_prompts.size());
+  json ep_stats = nullptr;
+  if (!comm) {
+    results = std::move(local);
+  } else {
+    dist::Bytes blob;
+    auto put = [&](const void* p, size_t n) { blob.insert(blob.end(), (const uint8_t*)p, (const uint8_t*)p + n); };
+    const auto& st = ep_runner->stats();
+    put(&st, sizeof st);
+    for (size_t j = 0; j < mine.size(); ++j) {
+      const uint64_t index = mine[j], nt = local[j].tokens.size(), nl = local[j].logits.size();
+      put(&index, 8), put(&nt, 8), put(local[j].tokens.data(), 4 * nt), put(&nl, 8), put(local[j].logits.data(), 4 * nl);
+    }
+    const auto gathered = comm->gather_to_root(std::move(blob));
+    if (rank != 0) return 0;
+    ep_stats = json::array();
+    for (const auto& b : gathered) {
+      size_t at = 0;
+      auto get = [&](void* p, size_t n) { std::memcpy(p, b.data() + at, n); at += n; };
+      dist::ExchangeStats rs;
+      get(&rs, sizeof rs);
+      ep_stats.push_back({{"dispatch_bytes", rs.dispatch_bytes}, {"combine_bytes", rs.combine_bytes},
+                          {"dispatch_s", rs.dispatch_s}, {"combine_s", rs.combine_s}, {"experts_s", rs.experts_s},
+                          {"moe_layer_calls", rs.layers}});
+      while (at < b.size()) {
+        uint64_t index, nt, nl;
+        get(&index, 8);
+        get(&nt, 8);
+        results[index].tokens.resize(nt);
+        get(results[index].tokens.data(), 4 * nt);
+        get(&nl, 8);
+        results[index].logits.resize(nl);
+        get(results[index].logits.data(), 4 * nl);
+      }
+    }
+  }
   if (!a.dump_logits.empty()) {
     std::ofstream out(a.dump_logits, std::ios::binary);
     EPS_REQUIRE(out, a.dump_logits + ": cannot create");
@@ -138,12 +213,21 @@ int run(const RunArgs& a) {
             {"prefill_tokens", timings.prefill_tokens},
             {"decode_tokens", timings.decode_tokens},
             {"prefill_tokens_per_s", timings.prefill_s > 0 ? timings.prefill_tokens / timings.prefill_s : 0.0},
-            {"decode_tokens_per_s", timings.decode_s > 0 ? timings.decode_tokens / timings.decode_s : 0.0}};
+            {"decode_tokens_per_s", timings.decode_s > 0 ? timings.decode_tokens / timings.decode_s : 0.0},
+            {"ranks", ranks}};
+  if (!ep_stats.is_null()) t["expert_parallel"] = ep_stats;
   // Text of the generated tokens where the checkpoint has a tokenizer (special tokens dropped).
   std::vector<json> texts(results.size(), nullptr);
   if (std::filesystem::exists(std::filesystem::path(a.model_dir) / "tokenizer.json")) {
     const auto tok = tokenizer::Tokenizer::load(a.model_dir);
-    for (size_t i = 0; i < results.size(); ++i) texts[i] = tok.decode(results[i].tokens, /*skip_special_tokens=*/true);
+    for (size_t i = 0; i < results.size(); ++i) {
+      // The embedding has padding rows past the tokenizer's ids (129,280 vs 128,815 in V3); a
+      // random checkpoint may pick them, and they have no text.
+      std::vector<int> known;
+      for (int id : results[i].tokens)
+        if (tok.is_known(id)) known.push_back(id);
+      texts[i] = tok.decode(known, /*skip_special_tokens=*/true);
+    }
   }
   if (a.json_output) {
     json j;
@@ -170,7 +254,7 @@ int run(const RunArgs& a) {
 }
 
 const CommandRegistration registration(
-    "run", "Generate from a checkpoint (token ids or text), or --plan its memory per rank",
+    "run", "Generate from a checkpoint (token ids or text; under mpirun, expert-parallel), or --plan its memory per rank",
     [](CLI::App& app) {
       auto a = std::make_shared<RunArgs>();
       app.add_option("--model", a->model_dir, "checkpoint directory")->required();
@@ -192,8 +276,19 @@ const CommandRegistration registration(
       app.add_flag("--json", a->json_output, "print {tokens, text, timings} as JSON");
       app.add_flag("--plan", a->plan, "print the memory each rank needs (reads only config.json)");
       app.add_option("--ranks", a->ranks, "ranks for --plan")->capture_default_str();
-      app.add_option("--redundant", a->redundant, "redundant expert slots per layer for --plan")->capture_default_str();
-      return [a] { return run(*a); };
+      app.add_option("--redundant", a->redundant, "redundant expert slots per layer (replicas of experts 0, 1, ...)")
+          ->capture_default_str();
+      app.add_option("--placement", a->placement,
+                     "expert placement JSON: {\"layers\": {\"<layer>\": [expert of each slot]}} (default: even split)");
+      return [a] {
+        try {
+          return run(*a);
+        } catch (const Error& e) {
+          // One rank failing would leave the others waiting in a collective: end the whole job.
+          dist::abort_job_if_running(e.what());
+          throw;
+        }
+      };
     });
 
 }  // namespace

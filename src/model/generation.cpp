@@ -7,7 +7,8 @@
 namespace epserve::model {
 
 std::vector<GenerationResult> generate(Model& model, std::span<const GenerationRequest> requests,
-                                       const ForwardOptions& options, bool keep_logits, GenerationTimings* timings) {
+                                       const ForwardOptions& options, bool keep_logits, GenerationTimings* timings,
+                                       const LiveSync& sync) {
   const int vocab = model.config().vocab_size;
   const size_t n = requests.size();
   std::vector<GenerationResult> results(n);
@@ -46,7 +47,8 @@ std::vector<GenerationResult> generate(Model& model, std::span<const GenerationR
     }
   }
   auto t1 = clock::now();
-  while (!live.empty()) {
+  auto any_live = [&] { return sync ? sync(!live.empty()) : !live.empty(); };
+  while (any_live()) {
     std::vector<SequenceInput> batch;
     for (int i : live) batch.push_back({&caches[i], std::span<const int>(&next[i], 1)});
     const auto logits = model.forward(batch, last_only);

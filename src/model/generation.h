@@ -2,6 +2,7 @@
 // decodes one token for every sequence still running. Used by `run`, `bench` and the tests.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -29,8 +30,13 @@ struct GenerationTimings {
   long prefill_tokens = 0, decode_tokens = 0, decode_steps = 0;
 };
 
+// Across the ranks of a unit each rank passes its own requests (maybe none) and a `sync` that
+// tells whether any rank still has a live sequence (an all-reduce); ranks then step in lockstep,
+// with empty batches where they have nothing left. Alone, the default `sync` is the identity.
+using LiveSync = std::function<bool(bool local_live)>;
+
 std::vector<GenerationResult> generate(Model& model, std::span<const GenerationRequest> requests,
                                        const ForwardOptions& options, bool keep_logits,
-                                       GenerationTimings* timings = nullptr);
+                                       GenerationTimings* timings = nullptr, const LiveSync& sync = {});
 
 }  // namespace epserve::model

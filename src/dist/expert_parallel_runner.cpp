@@ -1,0 +1,149 @@
+#include "dist/expert_parallel_runner.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "base/bf16.h"
+#include "base/error.h"
+
+namespace epserve::dist {
+
+using kernels::Numerics;
+
+namespace {
+
+// Wire format of one message: u32 count, then count × {u32 pair, u32 expert}, then count rows.
+struct Entry {
+  uint32_t pair;    // t * k + choice at the home rank
+  uint32_t expert;  // logical expert
+};
+
+template <typename T>
+void append(Bytes& b, const T* data, size_t n) {
+  const auto* p = reinterpret_cast<const uint8_t*>(data);
+  b.insert(b.end(), p, p + n * sizeof(T));
+}
+
+double since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+void ExpertParallelRunner::run(int layer, const model::MoeWeights& w, const model::ModelConfig& c,
+                               const model::Routing& r, std::span<const float> x, int T, Numerics mode,
+                               std::vector<float>& rows) {
+  const int R = comm_.size(), d = c.hidden_size, blocks = kernels::ceil_div(d, kernels::kQuantBlock);
+  const bool fp8 = mode == Numerics::kDeepSeek;
+  const size_t row_bytes = fp8 ? size_t(d) + 4 * size_t(blocks) : 4 * size_t(d);
+  auto t0 = std::chrono::steady_clock::now();
+
+  // Dispatch: each (token, choice) to the rank holding the replica chosen for it.
+  kernels::Fp8Rows xq;
+  if (fp8 && T > 0) kernels::quantize_rows_fp8(x, T, d, xq);
+  std::vector<std::vector<Entry>> entries(R);
+  for (int t = 0; t < T; ++t)
+    for (int k = 0; k < r.k; ++k) {
+      const int e = r.expert[size_t(t) * r.k + k];
+      const int dest = placement_.rank_of_slot(placement_.choose_slot(layer, e, comm_.rank(), t));
+      entries[dest].push_back({uint32_t(t * r.k + k), uint32_t(e)});
+    }
+  std::vector<Bytes> send(R);
+  for (int dest = 0; dest < R; ++dest) {
+    auto& b = send[dest];
+    const uint32_t n = uint32_t(entries[dest].size());
+    b.reserve(4 + n * (sizeof(Entry) + row_bytes));
+    append(b, &n, 1);
+    append(b, entries[dest].data(), n);
+    for (const auto& en : entries[dest]) {
+      const int t = int(en.pair) / r.k;
+      if (fp8) {
+        append(b, &xq.codes[size_t(t) * d], d);
+        append(b, &xq.scales[size_t(t) * blocks], blocks);
+      } else {
+        append(b, &x[size_t(t) * d], d);
+      }
+    }
+    stats_.dispatch_bytes += long(b.size());
+  }
+  const auto received = comm_.all_to_all(std::move(send));
+  stats_.dispatch_s += since(t0);
+
+  // Gather what arrived per expert, remembering each row's origin for the combine.
+  auto t1 = std::chrono::steady_clock::now();
+  std::vector<model::ExpertInput> inputs(c.n_routed_experts);
+  std::vector<std::vector<std::pair<int, int>>> origin(R);  // per source: (expert, row in that expert)
+  for (int src = 0; src < R; ++src) {
+    const auto& b = received[src];
+    EPS_REQUIRE(b.size() >= 4, "dispatch: short message from rank " + std::to_string(src));
+    uint32_t n;
+    std::memcpy(&n, b.data(), 4);
+    EPS_REQUIRE(b.size() == 4 + n * (sizeof(Entry) + row_bytes), "dispatch: malformed message from rank " + std::to_string(src));
+    const uint8_t* payload = b.data() + 4 + n * sizeof(Entry);
+    for (uint32_t i = 0; i < n; ++i) {
+      Entry en;
+      std::memcpy(&en, b.data() + 4 + i * sizeof(Entry), sizeof(Entry));
+      EPS_REQUIRE(en.expert < uint32_t(c.n_routed_experts), "dispatch: bad expert id from rank " + std::to_string(src));
+      auto& in = inputs[en.expert];
+      origin[src].push_back({int(en.expert), in.rows++});
+      const uint8_t* row = payload + i * row_bytes;
+      if (fp8) {
+        in.fp8.codes.insert(in.fp8.codes.end(), row, row + d);
+        const float* scales = reinterpret_cast<const float*>(row + d);
+        in.fp8.scales.insert(in.fp8.scales.end(), scales, scales + blocks);
+        in.fp8.rows = in.rows;
+        in.fp8.cols = d;
+      } else {
+        const float* f = reinterpret_cast<const float*>(row);
+        in.f32.insert(in.f32.end(), f, f + d);
+      }
+    }
+  }
+  std::vector<std::vector<float>> outputs;
+  model::run_experts(w, c, inputs, outputs, mode);
+  stats_.experts_s += since(t1);
+
+  // Combine: results go back in the order their rows came (BF16 in DeepSeek numerics: the expert
+  // outputs are BF16 values already, so the narrowing is exact).
+  auto t2 = std::chrono::steady_clock::now();
+  std::vector<Bytes> reply(R);
+  for (int src = 0; src < R; ++src) {
+    auto& b = reply[src];
+    for (const auto& [e, row] : origin[src]) {
+      const float* out = &outputs[e][size_t(row) * d];
+      if (fp8) {
+        for (int j = 0; j < d; ++j) {
+          const uint16_t bits = float_to_bf16(out[j]).bits;
+          append(b, &bits, 1);
+        }
+      } else {
+        append(b, out, d);
+      }
+    }
+    stats_.combine_bytes += long(b.size());
+  }
+  const auto back = comm_.all_to_all(std::move(reply));
+  rows.resize(size_t(T) * r.k * d);
+  const size_t out_row_bytes = fp8 ? 2 * size_t(d) : 4 * size_t(d);
+  for (int dest = 0; dest < R; ++dest) {
+    EPS_REQUIRE(back[dest].size() == entries[dest].size() * out_row_bytes,
+                "combine: rank " + std::to_string(dest) + " returned a malformed message");
+    for (size_t i = 0; i < entries[dest].size(); ++i) {
+      float* target = &rows[size_t(entries[dest][i].pair) * d];
+      const uint8_t* src = back[dest].data() + i * out_row_bytes;
+      if (fp8) {
+        for (int j = 0; j < d; ++j) {
+          uint16_t bits;
+          std::memcpy(&bits, src + 2 * j, 2);
+          target[j] = bf16_to_float(bf16{bits});
+        }
+      } else {
+        std::memcpy(target, src, 4 * size_t(d));
+      }
+    }
+  }
+  stats_.combine_s += since(t2);
+  ++stats_.layers;
+}
+
+}  // namespace epserve::dist
