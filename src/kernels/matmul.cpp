@@ -379,8 +379,9 @@ void decode_fp8_rows(const Activations& a, const Weight& w, const simd::Fp8Lut& 
     for (int r = 0; r < R; ++r) {
       const float ws = w.scales[size_t((n + r) / kQuantBlock) * kb + b];
       for (int m = 0; m < M; ++m) {
-        // DeepSeek: (x scale · w scale) rounded as the twin rounds it; the values are exact.
-        const float s = a.deepseek ? a.xscale[size_t(m) * kb + b] * ws : ws;
+        // DeepSeek: (x scale · w scale) rounded as the twin rounds it; the activation values are
+        // exact, the weights' carry kWiden64Scale^-1 (a power of two).
+        const float s = (a.deepseek ? a.xscale[size_t(m) * kb + b] * ws : ws) * simd::kWiden64Scale;
         __m512 p = part[r][m][0];
         if constexpr (C == 2) p = _mm512_add_ps(p, part[r][m][1]);
         acc[r][m] = _mm512_fmadd_ps(p, _mm512_set1_ps(s), acc[r][m]);
@@ -568,7 +569,7 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
   const int ldc = (p1 - p0) * kPanel;
   float* ct = tl_tile.get<float>(size_t(kNChunkPad) * ldc);
   std::memset(ct, 0, sizeof(float) * size_t(groups) * kNr * ldc);
-  const bool bf16dot =
+  [[maybe_unused]] const bool bf16dot =
 #ifdef EPS_KERNELS_BF16DOT
       a.deepseek;
 #else
