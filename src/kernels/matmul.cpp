@@ -137,6 +137,11 @@ struct Activations {
   const uint32_t* xpb = nullptr;
   const float* xps = nullptr;  // DeepSeek: scales [panel][kb][32]
   int panels = 0;
+  // Prefill panels hold Kp = K rounded up to 64 positions (zeros past K). With FP8 weights the
+  // positions within each 64 are permuted as the tiles' table widening permutes the weights
+  // (panel_source); with BF16 weights they are in order.
+  int Kp = 0;
+  bool permuted = false;
   // DeepSeek: the quantized rows (the caller's, or q).
   const uint8_t* codes = nullptr;
   const float* scales = nullptr;
@@ -202,6 +207,17 @@ void quantize_rows(const float* x, int rows, int cols, Fp8Rows& out, bool par) {
 // ---------------------------------------------------------------------------------------------
 // Preparing activations (once per product; par: spread over the OpenMP threads).
 
+// The k that prefill panel position P holds (≥ K: a zero).
+int panel_source(int P, bool permuted, bool bf16_tiles) {
+#ifdef EPS_KERNELS_AVX512
+  if (permuted) {
+    const int j = P % 64;
+    return P - j + (bf16_tiles ? simd::fp8x64_bf16_source(j) : simd::fp8x64_source(j));
+  }
+#endif
+  return P;
+}
+
 // From DeepSeek-quantized rows (q already filled in a).
 void prepare_from_codes(Activations& a, bool par) {
   const int M = a.M, K = a.K, kb = a.kb;
@@ -230,8 +246,9 @@ void prepare_from_codes(Activations& a, bool par) {
         xps[(size_t(p) * kb + b) * kPanel + i] = m < M ? a.scales[size_t(m) * kb + b] : 0.0f;
       }
   a.xps = xps;
+  const int Kp = a.Kp;
 #ifdef EPS_KERNELS_BF16DOT
-  const int K2 = ceil_div(K, 2);
+  const int K2 = Kp / 2;
   a.xpb_store.resize(size_t(a.panels) * K2 * kPanel);
   uint32_t* xpb = a.xpb_store.data();
 #pragma omp parallel for schedule(static) if (par && a.panels > 1)
@@ -245,22 +262,26 @@ void prepare_from_codes(Activations& a, bool par) {
       }
       const uint8_t* row = codes + size_t(m) * K;
       for (int kp = 0; kp < K2; ++kp) {
-        const uint32_t lo = t.bf16[row[2 * kp]];
-        const uint32_t hi = 2 * kp + 1 < K ? t.bf16[row[2 * kp + 1]] : 0u;
+        const int k_lo = panel_source(2 * kp, a.permuted, true), k_hi = panel_source(2 * kp + 1, a.permuted, true);
+        const uint32_t lo = k_lo < K ? t.bf16[row[k_lo]] : 0u;
+        const uint32_t hi = k_hi < K ? t.bf16[row[k_hi]] : 0u;
         dst[size_t(kp) * kPanel + i] = lo | (hi << 16);
       }
     }
   }
   a.xpb = xpb;
 #else
-  a.xp_store.resize(size_t(a.panels) * K * kPanel);
+  a.xp_store.resize(size_t(a.panels) * Kp * kPanel);
   float* xp = a.xp_store.data();
 #pragma omp parallel for schedule(static) if (par && a.panels > 1)
   for (int p = 0; p < a.panels; ++p) {
-    float* dst = xp + size_t(p) * K * kPanel;
+    float* dst = xp + size_t(p) * Kp * kPanel;
     for (int i = 0; i < kPanel; ++i) {
       const int m = p * kPanel + i;
-      for (int k = 0; k < K; ++k) dst[size_t(k) * kPanel + i] = m < M ? t.f32[codes[size_t(m) * K + k]] : 0.0f;
+      for (int P = 0; P < Kp; ++P) {
+        const int k = panel_source(P, a.permuted, false);
+        dst[size_t(P) * kPanel + i] = m < M && k < K ? t.f32[codes[size_t(m) * K + k]] : 0.0f;
+      }
     }
   }
   a.xp = xp;
@@ -271,23 +292,25 @@ void prepare_from_codes(Activations& a, bool par) {
 void prepare_exact(Activations& a, const float* x, bool par) {
   a.x = x;
   if (!a.prefill) return;
-  const int M = a.M, K = a.K;
+  const int M = a.M, K = a.K, Kp = a.Kp;
   a.panels = ceil_div(M, kPanel);
-  a.xp_store.resize(size_t(a.panels) * K * kPanel);
+  a.xp_store.resize(size_t(a.panels) * Kp * kPanel);
   float* xp = a.xp_store.data();
   constexpr int kTile = 64;  // transpose in 32 × 64 tiles: reads and writes stay in L1
 #pragma omp parallel for schedule(static) if (par && a.panels > 1)
   for (int p = 0; p < a.panels; ++p) {
-    float* dst = xp + size_t(p) * K * kPanel;
-    for (int k0 = 0; k0 < K; k0 += kTile) {
-      const int k1 = std::min(K, k0 + kTile);
+    float* dst = xp + size_t(p) * Kp * kPanel;
+    for (int P0 = 0; P0 < Kp; P0 += kTile) {
+      int src[kTile];
+      for (int j = 0; j < kTile; ++j) src[j] = panel_source(P0 + j, a.permuted, false);
       for (int i = 0; i < kPanel; ++i) {
         const int m = p * kPanel + i;
+        float* d = dst + size_t(P0) * kPanel + i;
         if (m < M) {
-          const float* src = x + size_t(m) * K;
-          for (int k = k0; k < k1; ++k) dst[size_t(k) * kPanel + i] = src[k];
+          const float* row = x + size_t(m) * K;
+          for (int j = 0; j < kTile; ++j) d[size_t(j) * kPanel] = src[j] < K ? row[src[j]] : 0.0f;
         } else {
-          for (int k = k0; k < k1; ++k) dst[size_t(k) * kPanel + i] = 0.0f;
+          for (int j = 0; j < kTile; ++j) d[size_t(j) * kPanel] = 0.0f;
         }
       }
     }
@@ -314,8 +337,11 @@ void prepare_decode_blocks(Activations& a, const float* x, const uint8_t* codes)
 }
 
 // par: whether to use the OpenMP threads (false when called inside a parallel region).
-void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const Fp8Rows* quantized, bool par) {
+void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const Fp8Rows* quantized, bool par,
+             bool fp8_weights) {
   a.xk = nullptr;
+  a.Kp = ceil_div(K, 64) * 64;
+  a.permuted = fp8_weights;
   a.x = a.xscale = a.xp = a.xps = a.scales = nullptr;  // the buffers are reused, the views are not
   a.xpb = nullptr;
   a.codes = nullptr;
@@ -525,8 +551,9 @@ inline void prefetch_next_block(const void* row_at_k0, int left_in_row, int elem
 }
 
 // Dequantize weight rows [n0, n0+nn) × k-block [k0, k0+kc) into wd[kNChunkPad][128] (rows ≥ nn
-// and columns ≥ kc are zero). FP32 values carry 2^-8 (FP8) or are exact (BF16 weights).
-void dequant_tile_f32(const Weight& w, int n0, int nn, int k0, int kc, float* wd) {
+// and columns ≥ kc are zero). FP8: values / kWiden64Scale, positions permuted within each 64 as
+// simd::widen_fp8x64 leaves them; BF16 weights: exact, in order.
+void dequant_tile_f32(const Weight& w, const simd::Fp8Lut& lut, int n0, int nn, int k0, int kc, float* wd) {
   for (int r = 0; r < nn; ++r) {
     float* dst = wd + size_t(r) * kQuantBlock;
     if (w.is_bf16()) {
@@ -536,10 +563,12 @@ void dequant_tile_f32(const Weight& w, int n0, int nn, int k0, int kc, float* wd
     } else {
       const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
       prefetch_next_block(src, w.K - k0, 1);
-      for (int k = 0; k < kc; k += 32) {
-        _mm512_store_ps(dst + k, simd::widen_fp8x16(simd::load_codes16(src + k, kc - k)));
-        _mm512_store_ps(dst + k + 16, simd::widen_fp8x16(simd::load_codes16(src + k + 16, kc - k - 16)));
+      for (int h = 0; 64 * h < kc; ++h) {  // permuted within each 64 (see Activations::Kp)
+        __m512 f[4];
+        simd::widen_fp8x64(lut, simd::load_codes64(src + 64 * h, kc - 64 * h), f);
+        for (int q = 0; q < 4; ++q) _mm512_store_ps(dst + 64 * h + 16 * q, f[q]);
       }
+      continue;
     }
     // Columns past the last full 16 are already zero (masked loads); clear the rest of the row.
     for (int k = ceil_div(kc, 16) * 16; k < kQuantBlock; ++k) dst[k] = 0.0f;
@@ -548,15 +577,24 @@ void dequant_tile_f32(const Weight& w, int n0, int nn, int k0, int kc, float* wd
 }
 
 #ifdef EPS_KERNELS_BF16DOT
-void dequant_tile_bf16(const Weight& w, int n0, int nn, int k0, int kc, uint16_t* wd) {
+void dequant_tile_bf16(const Weight& w, const simd::Fp8Lut& lut, int n0, int nn, int k0, int kc, uint16_t* wd) {
   for (int r = 0; r < nn; ++r) {
     uint16_t* dst = wd + size_t(r) * kQuantBlock;
     const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
     prefetch_next_block(src, w.K - k0, 1);
-    for (int k = 0; k < kQuantBlock; k += 32) {
-      const __m512 lo = simd::widen_fp8x16(simd::load_codes16(src + k, kc - k));
-      const __m512 hi = simd::widen_fp8x16(simd::load_codes16(src + k + 16, kc - k - 16));
-      _mm512_store_si512(dst + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));  // exact: FP8 values fit BF16
+    for (int h = 0; 64 * h < kc; ++h) {
+#if defined(__AVX512VBMI__)
+      __m512i w0, w1;  // permuted within each 64 (see Activations::Kp)
+      simd::widen_fp8x64_bf16(lut, simd::load_codes64(src + 64 * h, kc - 64 * h), w0, w1);
+      _mm512_store_si512(dst + 64 * h, w0);
+      _mm512_store_si512(dst + 64 * h + 32, w1);
+#else
+      for (int k = 64 * h; k < 64 * h + 64; k += 32) {
+        const __m512 lo = simd::widen_fp8x16(simd::load_codes16(src + k, kc - k));
+        const __m512 hi = simd::widen_fp8x16(simd::load_codes16(src + k + 16, kc - k - 16));
+        _mm512_store_si512(dst + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));  // exact: FP8 values fit BF16
+      }
+#endif
     }
   }
   std::memset(wd + size_t(nn) * kQuantBlock, 0, sizeof(uint16_t) * size_t(kNChunkPad - nn) * kQuantBlock);
@@ -565,7 +603,7 @@ void dequant_tile_bf16(const Weight& w, int n0, int nn, int k0, int kc, uint16_t
 
 // Weight rows [n0, n1) (inside one 128-row scale block) × activation panels [p0, p1).
 void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0, int p1, float* y, int ldy) {
-  const int K = a.K, kb = a.kb, nn = n1 - n0, groups = ceil_div(nn, kNr);
+  const int kb = a.kb, nn = n1 - n0, groups = ceil_div(nn, kNr);
   const int ldc = (p1 - p0) * kPanel;
   float* ct = tl_tile.get<float>(size_t(kNChunkPad) * ldc);
   std::memset(ct, 0, sizeof(float) * size_t(groups) * kNr * ldc);
@@ -575,50 +613,52 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
 #else
       false;
 #endif
+  const auto& tables = fp8_tables();
+  const simd::Fp8Lut lut = simd::load_fp8_lut(tables.lut_hi.data(), tables.lut_lo.data());
   float* wd = tl_weights.get<float>(size_t(kNChunkPad) * kQuantBlock);
-  const int K2 = ceil_div(K, 2);
   for (int b = 0; b < kb; ++b) {
-    const int k0 = b * kQuantBlock, kc = std::min(kQuantBlock, K - k0);
+    const int k0 = b * kQuantBlock, kc = std::min(kQuantBlock, a.K - k0);
+    // FP8 tiles are filled 64 positions at a time (permuted within each 64, zeros past kc).
+    const int kc_run = w.is_bf16() ? kc : std::min(kQuantBlock, ceil_div(kc, 64) * 64);
     float ws = 1.0f;
     if (!w.is_bf16()) ws = w.scales[size_t(n0 / kQuantBlock) * kb + b];
 #ifdef EPS_KERNELS_BF16DOT
-    if (bf16dot) dequant_tile_bf16(w, n0, nn, k0, kc, reinterpret_cast<uint16_t*>(wd));
+    if (bf16dot) dequant_tile_bf16(w, lut, n0, nn, k0, kc, reinterpret_cast<uint16_t*>(wd));
     else
 #endif
-      dequant_tile_f32(w, n0, nn, k0, kc, wd);
+      dequant_tile_f32(w, lut, n0, nn, k0, kc, wd);
     for (int p = p0; p < p1; ++p) {
       const int rows = std::min(kPanel, a.M - p * kPanel);
       float* ctp = ct + (p - p0) * kPanel;
       __m512 s[2];
       if (a.deepseek) {
-        // (x scale · w scale) rounded as the twin does, times 2^16 for the two widenings (exact).
+        // (x scale · w scale) rounded as the twin does, times the powers of two that the widenings
+        // left out: 2^8 for the activations, kWiden64Scale for the weights (exact).
         const __m512 vws = _mm512_set1_ps(ws);
-        const __m512 two16 = _mm512_set1_ps(simd::kFp8WidenScale * simd::kFp8WidenScale);
+        const __m512 pow2 = _mm512_set1_ps(simd::kFp8WidenScale * simd::kWiden64Scale);
         for (int v = 0; v < 2; ++v)
-          s[v] = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(a.xps + (size_t(p) * kb + b) * kPanel + 16 * v), vws), two16);
+          s[v] = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(a.xps + (size_t(p) * kb + b) * kPanel + 16 * v), vws), pow2);
       } else {
-        s[0] = s[1] = _mm512_set1_ps(w.is_bf16() ? 1.0f : ws * simd::kFp8WidenScale);
+        s[0] = s[1] = _mm512_set1_ps(w.is_bf16() ? 1.0f : ws * simd::kWiden64Scale);
       }
       for (int g = 0; g < groups; ++g) {
         float* ctg = ctp + size_t(g) * kNr * ldc;
 #ifdef EPS_KERNELS_BF16DOT
         if (bf16dot) {
-          const uint32_t* xp = a.xpb + (size_t(p) * K2 + k0 / 2) * kPanel;
+          const uint32_t* xp = a.xpb + (size_t(p) * (a.Kp / 2) + k0 / 2) * kPanel;
           const uint16_t* wg = reinterpret_cast<const uint16_t*>(wd) + size_t(g) * kNr * kQuantBlock;
-          const int kc2 = ceil_div(kc, 2);
-          if (rows > 16) micro_bf16<2>(xp, wg, kc2, ctg, ldc, s);
-          else micro_bf16<1>(xp, wg, kc2, ctg, ldc, s);
+          if (rows > 16) micro_bf16<2>(xp, wg, kc_run / 2, ctg, ldc, s);
+          else micro_bf16<1>(xp, wg, kc_run / 2, ctg, ldc, s);
           continue;
         }
 #endif
-        const float* xp = a.xp + (size_t(p) * K + k0) * kPanel;
+        const float* xp = a.xp + (size_t(p) * a.Kp + k0) * kPanel;
         const float* wg = wd + size_t(g) * kNr * kQuantBlock;
-        if (rows > 16) micro_f32<2>(xp, wg, kc, ctg, ldc, s);
-        else micro_f32<1>(xp, wg, kc, ctg, ldc, s);
+        if (rows > 16) micro_f32<2>(xp, wg, kc_run, ctg, ldc, s);
+        else micro_f32<1>(xp, wg, kc_run, ctg, ldc, s);
       }
     }
   }
-  (void)K2;
   // Transpose the tile out into y in 16 × 16 blocks (rounding to BF16 under DeepSeek numerics).
   const int m0 = p0 * kPanel, rows = std::min(a.M, p1 * kPanel) - m0;
   for (int mb = 0; mb < rows; mb += 16)
@@ -719,7 +759,7 @@ void run_items(const std::vector<Job>& jobs, const std::vector<Item>& items, boo
 
 void matmul_one(const float* x, const Fp8Rows* quantized, int M, const Weight& w, float* y, bool deepseek) {
   thread_local Activations a;  // buffers reused by the next call from this thread
-  prepare(a, x, M, w.K, deepseek, quantized, true);
+  prepare(a, x, M, w.K, deepseek, quantized, true, !w.is_bf16());
   const int threads = omp_get_max_threads();
   std::vector<Job> jobs{{&a, w, y}};
   std::vector<Item> items;
@@ -766,7 +806,7 @@ void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode) {
   if (int(acts_store.size()) < T) acts_store.resize(T);
   Activations* acts = acts_store.data();
 #pragma omp parallel for schedule(dynamic, 1) if (T > 1)
-  for (int i = 0; i < T; ++i) prepare(acts[i], tasks[i].x.data(), tasks[i].M, tasks[i].w->cols, deepseek, nullptr, T == 1);
+  for (int i = 0; i < T; ++i) prepare(acts[i], tasks[i].x.data(), tasks[i].M, tasks[i].w->cols, deepseek, nullptr, T == 1, true);
   // Phase 2: (task, output block) items, largest products first so that the tail is short.
   std::vector<Job> jobs;
   jobs.reserve(T);

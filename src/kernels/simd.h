@@ -75,9 +75,20 @@ inline void widen_fp8x64(const Fp8Lut& t, __m512i codes, __m512 f[4]) {
   f[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, w1));
   f[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, w1));
 }
+// The same to 64 BF16 values (w0: positions 0..31, w1: 32..63), for the prefill BF16 tiles:
+// position p holds code fp8x64_bf16_source(p).
+constexpr int fp8x64_bf16_source(int p) { return 16 * ((p % 32) / 8) + 8 * (p / 32) + p % 8; }
+inline void widen_fp8x64_bf16(const Fp8Lut& t, __m512i codes, __m512i& w0, __m512i& w1) {
+  __m512i hi = _mm512_permutex2var_epi8(t.hi0, codes, t.hi1);
+  const __m512i lo = _mm512_permutex2var_epi8(t.lo0, codes, t.lo1);
+  hi = _mm512_ternarylogic_epi32(hi, codes, _mm512_set1_epi8(char(0x80)), 0xF8);
+  w0 = _mm512_unpacklo_epi8(lo, hi);
+  w1 = _mm512_unpackhi_epi8(lo, hi);
+}
 #else
 constexpr float kWiden64Scale = kFp8WidenScale;
 constexpr int fp8x64_source(int j) { return j; }
+constexpr int fp8x64_bf16_source(int p) { return p; }
 inline void widen_fp8x64(const Fp8Lut&, __m512i codes, __m512 f[4]) {
   f[0] = widen_fp8x16(_mm512_extracti32x4_epi32(codes, 0));
   f[1] = widen_fp8x16(_mm512_extracti32x4_epi32(codes, 1));
