@@ -543,11 +543,16 @@ inline void micro_bf16(const uint32_t* xp, const uint16_t* wd, int kc2, float* c
 }
 #endif
 
-// The same row's next 128-block (the tile after this one): fetched while this one is converted.
-inline void prefetch_next_block(const void* row_at_k0, int left_in_row, int elem_bytes) {
-  if (left_in_row <= kQuantBlock) return;
-  const char* p = static_cast<const char*>(row_at_k0) + kQuantBlock * elem_bytes;
-  for (int off = 0; off < kQuantBlock * elem_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+// Rows [r0, r1) of the weight's next 128-block (the tile after this one), fetched a few rows at a
+// time while the microkernels run: issued all at once they fill the miss buffers and stall.
+inline void prefetch_next_tile_rows(const Weight& w, int n0, int r0, int r1, int k_next) {
+  if (k_next >= w.K) return;
+  const int elem = w.is_bf16() ? 2 : 1, bytes = std::min(kQuantBlock, w.K - k_next) * elem;
+  const char* base = w.is_bf16() ? reinterpret_cast<const char*>(w.bf16) : reinterpret_cast<const char*>(w.codes);
+  for (int r = r0; r < r1; ++r) {
+    const char* p = base + (size_t(n0 + r) * w.K + k_next) * elem;
+    for (int off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+  }
 }
 
 // Dequantize weight rows [n0, n0+nn) × k-block [k0, k0+kc) into wd[kNChunkPad][128] (rows ≥ nn
@@ -558,11 +563,9 @@ void dequant_tile_f32(const Weight& w, const simd::Fp8Lut& lut, int n0, int nn, 
     float* dst = wd + size_t(r) * kQuantBlock;
     if (w.is_bf16()) {
       const uint16_t* src = w.bf16 + size_t(n0 + r) * w.K + k0;
-      prefetch_next_block(src, w.K - k0, 2);
       for (int k = 0; k < kc; k += 16) _mm512_store_ps(dst + k, simd::widen_bf16x16(src + k, kc - k));
     } else {
       const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
-      prefetch_next_block(src, w.K - k0, 1);
       for (int h = 0; 64 * h < kc; ++h) {  // permuted within each 64 (see Activations::Kp)
         __m512 f[4];
         simd::widen_fp8x64(lut, simd::load_codes64(src + 64 * h, kc - 64 * h), f);
@@ -581,7 +584,6 @@ void dequant_tile_bf16(const Weight& w, const simd::Fp8Lut& lut, int n0, int nn,
   for (int r = 0; r < nn; ++r) {
     uint16_t* dst = wd + size_t(r) * kQuantBlock;
     const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
-    prefetch_next_block(src, w.K - k0, 1);
     for (int h = 0; 64 * h < kc; ++h) {
 #if defined(__AVX512VBMI__)
       __m512i w0, w1;  // permuted within each 64 (see Activations::Kp)
@@ -642,6 +644,7 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
         s[0] = s[1] = _mm512_set1_ps(w.is_bf16() ? 1.0f : ws * simd::kWiden64Scale);
       }
       for (int g = 0; g < groups; ++g) {
+        if (p == p0) prefetch_next_tile_rows(w, n0, g * kNr, std::min(nn, (g + 1) * kNr), k0 + kQuantBlock);
         float* ctg = ctp + size_t(g) * kNr * ldc;
 #ifdef EPS_KERNELS_BF16DOT
         if (bf16dot) {
