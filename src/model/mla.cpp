@@ -19,6 +19,20 @@ float dot(const float* a, const float* b, int n) {
   return s;
 }
 
+float dot(const float* a, const bf16* b, int n) {
+  float s = 0;
+  for (int i = 0; i < n; ++i) s += a[i] * bf16_to_float(b[i]);
+  return s;
+}
+
+void add_scaled(float p, const float* row, float* out, int n) {
+  for (int i = 0; i < n; ++i) out[i] += p * row[i];
+}
+
+void add_scaled(float p, const bf16* row, float* out, int n) {
+  for (int i = 0; i < n; ++i) out[i] += p * bf16_to_float(row[i]);
+}
+
 // softmax over scores in place (FP32 statistics); probabilities BF16 in DeepSeek numerics, as the
 // BF16 P·V product of FlashMLA takes them.
 void softmax(std::span<float> s, Numerics mode) {
@@ -41,8 +55,8 @@ struct Dims {
 // Naive path for one sequence: keys and values expanded from the latent for every cached token.
 void attend_naive(const AttentionWeights& w, const Dims& D, float scale, const SequenceKv& kv, int layer, int len,
                   int first, int count, const std::vector<float>& q, std::vector<float>& o, Numerics mode) {
-  const auto cache = kv.layer(layer);
-  std::vector<float> latent(size_t(len) * D.lora);
+  std::vector<float> cache(size_t(len) * D.width), latent(size_t(len) * D.lora);
+  kv.read_rows(layer, 0, len, cache);
   for (int t = 0; t < len; ++t)
     std::copy_n(&cache[size_t(t) * D.width], D.lora, &latent[size_t(t) * D.lora]);
   const int kvb_width = D.heads * (D.nope + D.v);
@@ -71,12 +85,13 @@ void attend_naive(const AttentionWeights& w, const Dims& D, float scale, const S
     }
 }
 
-// Absorbed path: attention over the latent itself; kv_b_proj folded into query and output.
-void attend_absorbed(const AttentionWeights& w, const Dims& D, float scale, const SequenceKv& kv, int layer, int len,
-                     int first, int count, const std::vector<float>& q, std::vector<float>& o, Numerics mode) {
-  const auto cache = kv.layer(layer);
+// Absorbed path: attention over the latent itself; kv_b_proj folded into query and output. The
+// cache rows are read in place (FP32 or BF16, whichever the pool holds).
+template <typename Row>
+void attend_absorbed_rows(const AttentionWeights& w, const Dims& D, float scale, const std::vector<const Row*>& rows,
+                          int first, int count, const std::vector<float>& q, std::vector<float>& o, Numerics mode) {
+  const int len = int(rows.size()), base = len - count;
   const auto& kvb = mode == Numerics::kDeepSeek ? w.kv_b_dequantized_bf16 : w.kv_b_dequantized;
-  const int base = len - count;
 #pragma omp parallel for collapse(2) schedule(dynamic)
   for (int i = 0; i < count; ++i)
     for (int h = 0; h < D.heads; ++h) {
@@ -85,23 +100,30 @@ void attend_absorbed(const AttentionWeights& w, const Dims& D, float scale, cons
       const float* U = &kvb[size_t(h) * (D.nope + D.v) * D.lora];  // [nope, lora]
       const float* V = U + size_t(D.nope) * D.lora;                // [v, lora]
       std::vector<float> q_latent(D.lora, 0.0f), o_latent(D.lora, 0.0f), scores(visible);
-      for (int j = 0; j < D.nope; ++j)
-        for (int r = 0; r < D.lora; ++r) q_latent[r] += qh[j] * U[size_t(j) * D.lora + r];
+      for (int j = 0; j < D.nope; ++j) add_scaled(qh[j], U + size_t(j) * D.lora, q_latent.data(), D.lora);
       round_activations(q_latent, mode);
-      for (int j = 0; j < visible; ++j) {
-        const float* row = &cache[size_t(j) * D.width];
-        scores[j] = (dot(q_latent.data(), row, D.lora) + dot(qh + D.nope, row + D.lora, D.rope)) * scale;
-      }
+      for (int j = 0; j < visible; ++j)
+        scores[j] = (dot(q_latent.data(), rows[j], D.lora) + dot(qh + D.nope, rows[j] + D.lora, D.rope)) * scale;
       softmax(scores, mode);
-      for (int j = 0; j < visible; ++j) {
-        const float* row = &cache[size_t(j) * D.width];
-        for (int r = 0; r < D.lora; ++r) o_latent[r] += scores[j] * row[r];
-      }
+      for (int j = 0; j < visible; ++j) add_scaled(scores[j], rows[j], o_latent.data(), D.lora);
       round_activations(o_latent, mode);
       float* oh = &o[(size_t(t) * D.heads + h) * D.v];
       for (int e = 0; e < D.v; ++e) oh[e] = dot(V + size_t(e) * D.lora, o_latent.data(), D.lora);
       round_activations({oh, size_t(D.v)}, mode);
     }
+}
+
+void attend_absorbed(const AttentionWeights& w, const Dims& D, float scale, const SequenceKv& kv, int layer, int len,
+                     int first, int count, const std::vector<float>& q, std::vector<float>& o, Numerics mode) {
+  if (kv.pool().dtype() == KvDtype::kF32) {
+    std::vector<const float*> rows(len);
+    for (int j = 0; j < len; ++j) rows[j] = kv.row_f32(layer, j);
+    attend_absorbed_rows(w, D, scale, rows, first, count, q, o, mode);
+  } else {
+    std::vector<const bf16*> rows(len);
+    for (int j = 0; j < len; ++j) rows[j] = kv.row_bf16(layer, j);
+    attend_absorbed_rows(w, D, scale, rows, first, count, q, o, mode);
+  }
 }
 
 }  // namespace
@@ -126,11 +148,12 @@ void mla_attention(const AttentionWeights& w, const ModelConfig& c, const YarnRo
     for (int i = 0; i < batch.count[s]; ++i) {
       const int t = batch.first[s] + i, pos = batch.position[t];
       auto src = std::span<float>(kva).subspan(size_t(t) * D.width, D.width);
-      auto row = batch.kv[s]->row(layer, pos);
-      rms_norm(src.first(D.lora), w.kv_a_norm, c.rms_norm_eps, row.first(D.lora));
+      std::vector<float> row(D.width);
+      rms_norm(src.first(D.lora), w.kv_a_norm, c.rms_norm_eps, std::span<float>(row).first(D.lora));
       std::copy_n(src.begin() + D.lora, D.rope, row.begin() + D.lora);
-      rope.apply(row.subspan(D.lora, D.rope), pos);
+      rope.apply(std::span<float>(row).subspan(D.lora, D.rope), pos);
       round_activations(row, mode);
+      batch.kv[s]->write_row(layer, pos, row);
       for (int h = 0; h < D.heads; ++h) {
         auto qr = std::span<float>(q).subspan((size_t(t) * D.heads + h) * D.qk + D.nope, D.rope);
         rope.apply(qr, pos);

@@ -38,7 +38,9 @@ class Model {
   explicit Model(ModelWeights weights);
   const ModelConfig& config() const { return weights_.config; }
   const ModelWeights& weights() const { return weights_; }
-  SequenceKv new_sequence() const { return SequenceKv(weights_.config); }
+  // A sequence whose cache lives in the model's own pool (FP32 rows, grows without limit); a server
+  // makes its own bounded BF16 pool and builds SequenceKv on it.
+  SequenceKv new_sequence() { return SequenceKv(default_pool_); }
 
   // Runs the tokens through the model, appending them to each sequence's cache. Returns logits,
   // [rows, vocab]: one row per sequence (its last token), or one per token with all_logits.
@@ -51,6 +53,7 @@ class Model {
 
  private:
   ModelWeights weights_;
+  KvBlockPool default_pool_{weights_.config, KvDtype::kF32};
   std::unique_ptr<ExpertRunner> runner_ = std::make_unique<LocalExpertRunner>();
   YarnRope rope_;
   ForwardProfile profile_;
