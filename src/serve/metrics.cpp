@@ -1,0 +1,64 @@
+#include <sstream>
+
+#include "serve/router.h"
+
+namespace epserve::serve {
+
+std::string render_metrics(const std::string& model, const LedgerTotals& t, const Ledger& ledger, const WorkerStats& w,
+                           const std::map<int, uint64_t>& http, int in_flight, bool draining) {
+  std::ostringstream o;
+  o.precision(10);
+  const std::string lbl = "{model=\"" + model + "\"}";
+  auto metric = [&](const char* name, const char* type, const char* help, double value) {
+    o << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n' << name << lbl << ' ' << value << '\n';
+  };
+  metric("epserve_requests_total", "counter", "Generation requests finished (any status).", double(t.requests));
+  metric("epserve_requests_failed_total", "counter", "Generation requests that ended in an error.", double(t.failed));
+  metric("epserve_prompt_tokens_total", "counter", "Input tokens.", double(t.prompt_tokens));
+  metric("epserve_prompt_cache_hit_tokens_total", "counter", "Input tokens served from the KV cache (RAM or disk).",
+         double(t.cached_tokens));
+  metric("epserve_prompt_cache_miss_tokens_total", "counter", "Input tokens computed.", double(t.prompt_tokens - t.cached_tokens));
+  metric("epserve_completion_tokens_total", "counter", "Output tokens.", double(t.completion_tokens));
+  metric("epserve_rank_seconds_total", "counter", "Rank-seconds spent in model steps, attributed to requests.", t.rank_seconds);
+  metric("epserve_revenue_total", "counter", "Revenue at the configured prices.", t.revenue);
+  metric("epserve_cost_total", "counter", "Cost of the rank-seconds at the configured price per rank-hour.", t.cost);
+  metric("epserve_kv_tokens_per_output_token", "gauge", "Mean KV length attended per output token.",
+         t.completion_tokens ? t.kv_tokens_sum / double(t.completion_tokens) : 0.0);
+  o << "# HELP epserve_time_to_first_token_seconds Time to first token over the last 2048 requests.\n"
+       "# TYPE epserve_time_to_first_token_seconds summary\n";
+  for (double q : {0.5, 0.9, 0.99})
+    o << "epserve_time_to_first_token_seconds{model=\"" << model << "\",quantile=\"" << q << "\"} " << ledger.ttft_quantile(q) << '\n';
+  o << "epserve_time_to_first_token_seconds_sum" << lbl << ' ' << t.ttft_sum_s << '\n'
+    << "epserve_time_to_first_token_seconds_count" << lbl << ' ' << t.ttft_count << '\n';
+  o << "# HELP epserve_time_per_output_token_seconds Time per output token after the first, last 2048 requests.\n"
+       "# TYPE epserve_time_per_output_token_seconds summary\n";
+  for (double q : {0.5, 0.9, 0.99})
+    o << "epserve_time_per_output_token_seconds{model=\"" << model << "\",quantile=\"" << q << "\"} " << ledger.tpot_quantile(q) << '\n';
+  o << "epserve_time_per_output_token_seconds_sum" << lbl << ' ' << t.tpot_sum_s << '\n'
+    << "epserve_time_per_output_token_seconds_count" << lbl << ' ' << t.tpot_count << '\n';
+  metric("epserve_running_requests", "gauge", "Requests in the running batch.", w.running);
+  metric("epserve_waiting_requests", "gauge", "Requests waiting for admission.", w.waiting);
+  metric("epserve_http_in_flight", "gauge", "Generation requests being answered.", in_flight);
+  metric("epserve_draining", "gauge", "1 while shutting down.", draining ? 1 : 0);
+  metric("epserve_kv_blocks_used", "gauge", "KV pool blocks in use (sequences and prefix cache).", w.kv_blocks_used);
+  metric("epserve_kv_blocks_total", "gauge", "KV pool capacity in 64-token blocks.", w.kv_blocks_total);
+  metric("epserve_prefix_cache_blocks", "gauge", "Blocks named in the RAM prefix index.", w.prefix_blocks);
+  metric("epserve_steps_total", "counter", "Model steps.", double(w.steps));
+  metric("epserve_step_tokens_total", "counter", "Tokens run through model steps.", double(w.step_tokens));
+  metric("epserve_busy_seconds_total", "counter", "Seconds spent in model steps.", w.busy_s);
+  metric("epserve_preemptions_total", "counter", "Requests preempted for KV room.", double(w.preemptions));
+  metric("epserve_cache_ram_hit_tokens_total", "counter", "Prompt tokens found in the RAM prefix cache.", double(w.ram_hit_tokens));
+  metric("epserve_cache_disk_hit_tokens_total", "counter", "Prompt tokens loaded from the disk tier.", double(w.disk_hit_tokens));
+  metric("epserve_kv_disk_enabled", "gauge", "1 while the disk tier is on.", w.disk_enabled ? 1 : 0);
+  metric("epserve_kv_disk_hits_total", "counter", "Blocks loaded from disk.", double(w.disk_hits));
+  metric("epserve_kv_disk_corrupt_total", "counter", "Disk block files that failed a check (removed).", double(w.disk_corrupt));
+  metric("epserve_kv_disk_writes_total", "counter", "Blocks written to disk.", double(w.disk_writes));
+  metric("epserve_kv_disk_write_errors_total", "counter", "Failed block writes.", double(w.disk_write_errors));
+  metric("epserve_kv_disk_files", "gauge", "Block files on disk.", double(w.disk_files));
+  metric("epserve_kv_disk_bytes", "gauge", "Bytes of block files on disk.", double(w.disk_bytes));
+  o << "# HELP epserve_http_responses_total HTTP responses by status.\n# TYPE epserve_http_responses_total counter\n";
+  for (const auto& [code, n] : http) o << "epserve_http_responses_total{code=\"" << code << "\"} " << n << '\n';
+  return o.str();
+}
+
+}  // namespace epserve::serve

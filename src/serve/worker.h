@@ -1,0 +1,115 @@
+// The seam between the router (HTTP, tokens, text, ledger) and the ranks that run the model. The
+// router submits token-level requests; the worker answers each with a stream of events (tokens,
+// then one finish). A single-rank worker (engine_worker.h) runs the scheduler, model and KV cache
+// in this process; a multi-rank unit can stand behind the same interface.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/sampler.h"
+
+namespace epserve::serve {
+
+struct GenerateRequest {
+  uint64_t id = 0;
+  std::vector<int> prompt;
+  int max_tokens = 16;
+  model::SamplingParams sampling;
+  uint64_t seed = 0;
+  bool stop_at_eos = true;
+  int top_logprobs = -1;  // -1: no logprobs; 0..20: the chosen token's logprob and this many alternatives
+  double timeout_s = 600;
+};
+
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kTimeout, kError };
+const char* to_string(FinishReason r);
+
+// What one request cost the worker, sent with its last event.
+struct RequestStats {
+  int prompt_tokens = 0, cached_tokens = 0, disk_cached_tokens = 0, completion_tokens = 0;
+  double queue_s = 0;         // submitted → admitted
+  double ttft_s = 0;          // submitted → first token
+  double decode_s = 0;        // first token → last token
+  double rank_seconds = 0;    // its share of each step's time (by tokens in the step)
+  double kv_tokens_sum = 0;   // sum over output tokens of the KV length it attended over
+  int preemptions = 0;
+};
+
+struct TokenEvent {
+  enum class Kind { kToken, kFinished } kind = Kind::kToken;
+  int token = -1;
+  bool is_eos = false;
+  float logprob = 0;
+  std::vector<std::pair<int, float>> top;  // top_logprobs alternatives
+  FinishReason finish = FinishReason::kNone;
+  std::string error;  // with kError
+  RequestStats stats; // with kFinished
+};
+
+// One request's events, from the worker's thread to the router's. The router sets `cancelled`
+// when its client goes away; the worker then ends the request and frees its KV blocks.
+class EventStream {
+ public:
+  void push(TokenEvent e) {
+    {
+      std::lock_guard lk(mu_);
+      events_.push_back(std::move(e));
+    }
+    cv_.notify_all();
+  }
+  // Waits up to `timeout` for events; returns whatever is there (maybe nothing).
+  std::vector<TokenEvent> pop_all(std::chrono::milliseconds timeout) {
+    std::unique_lock lk(mu_);
+    cv_.wait_for(lk, timeout, [&] { return !events_.empty(); });
+    std::vector<TokenEvent> out(std::make_move_iterator(events_.begin()), std::make_move_iterator(events_.end()));
+    events_.clear();
+    return out;
+  }
+  void cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<TokenEvent> events_;
+  std::atomic<bool> cancelled_{false};
+};
+
+struct WorkerLimits {
+  int max_context = 0;        // prompt + output tokens per request
+  int vocab_size = 0;
+  int eos_token_id = 1;
+};
+
+struct WorkerStats {
+  int running = 0, waiting = 0;
+  int kv_blocks_used = 0, kv_blocks_total = 0, prefix_blocks = 0;
+  uint64_t steps = 0, step_tokens = 0, preemptions = 0, ram_hit_tokens = 0, disk_hit_tokens = 0;
+  double busy_s = 0;
+  uint64_t disk_hits = 0, disk_misses = 0, disk_corrupt = 0, disk_writes = 0, disk_write_errors = 0, disk_files = 0,
+           disk_bytes = 0;
+  bool disk_enabled = false;
+};
+
+enum class SubmitResult { kAccepted, kQueueFull, kShuttingDown };
+
+class Worker {
+ public:
+  virtual ~Worker() = default;
+  virtual SubmitResult submit(GenerateRequest request, std::shared_ptr<EventStream> events) = 0;
+  virtual WorkerLimits limits() const = 0;
+  virtual WorkerStats stats() const = 0;
+  // Stops admitting; requests in flight run on. drain() returns once none are left or the deadline
+  // passed (then they are ended with kCancelled); afterwards the cache tier is flushed.
+  virtual void drain(std::chrono::steady_clock::time_point deadline) = 0;
+};
+
+}  // namespace epserve::serve
