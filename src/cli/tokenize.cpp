@@ -116,7 +116,7 @@ CommandRegistration reg{
       o->model = tokenizer::default_tokenizer_dir().string();
       app.add_option("--model", o->model, "checkpoint directory with tokenizer.json (and tokenizer_config.json)")
           ->capture_default_str();
-      app.add_option("text", o->text, "text to encode: prints its ids as a JSON array");
+      auto* text_option = app.add_option("text", o->text, "text to encode: prints its ids as a JSON array");
       app.add_option("--decode", o->decode, "comma-separated ids to decode: prints the text");
       app.add_option("--file", o->file, "file with one JSON string per line: prints one JSON array of ids per line");
       app.add_option("--chat", o->chat, "JSON file with a messages list: renders the chat template and prints the ids");
@@ -126,8 +126,9 @@ CommandRegistration reg{
       app.add_flag("--json", o->json, "with --decode or --chat --text: print the text as a JSON string");
       app.add_option("--bench", o->bench, "encode this text file repeatedly on one thread and print MB/s");
       app.add_option("--repeat", o->repeat, "with --bench: timed passes after the first")->capture_default_str();
-      return [o]() -> int {
-        const int modes = !o->text.empty() + !o->decode.empty() + !o->file.empty() + !o->chat.empty() + !o->bench.empty();
+      return [o, text_option]() -> int {
+        // An empty TEXT argument is still a text to encode (its ids are []).
+        const int modes = (text_option->count() > 0) + !o->decode.empty() + !o->file.empty() + !o->chat.empty() + !o->bench.empty();
         if (modes != 1) throw Error("tokenize: give exactly one of TEXT, --decode, --file, --chat, --bench");
         auto print_text = [&](const std::string& s) {
           if (o->json) std::cout << nlohmann::json(s).dump() << "\n";

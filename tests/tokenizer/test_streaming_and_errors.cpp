@@ -142,6 +142,13 @@ TEST(TokenizerErrors, CliReportsErrors) {
   r = run_command(bin + " --model " + dir.string() + " \"$(printf 'bad \\377')\"");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("invalid UTF-8"), std::string::npos) << r.output;
+  // An empty text is a text: no ids.
+  r = run_command(bin + " --model " + dir.string() + " ''");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "[]\n");
+  r = run_command(bin + " --model " + dir.string());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("exactly one of"), std::string::npos) << r.output;
   const auto scratch = scratch_dir("cli-errors");
   std::ofstream(scratch / "lines.jsonl") << "\"fine\"\nnot json\n";
   r = run_command(bin + " --model " + dir.string() + " --file " + (scratch / "lines.jsonl").string());
