@@ -432,7 +432,8 @@ TEST(Serve, ApiKeyAndQueueLimit) {
   char buf[512];
   ASSERT_GT(::recv(running, buf, sizeof buf, 0), 0);  // its first bytes: it is running
   const int waiting = open_stream(s, chat_body("wait", 5000, true), "Authorization: Bearer s3cret\r\n");
-  for (int i = 0; i < 100 && s.metric("epserve_waiting_requests") != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  for (int i = 0; i < 1500 && s.metric("epserve_waiting_requests") != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_EQ(s.metric("epserve_waiting_requests"), 1);
   auto busy = c.Post("/v1/chat/completions", key, body, "application/json");
   ASSERT_TRUE(busy);
   EXPECT_EQ(busy->status, 429);
