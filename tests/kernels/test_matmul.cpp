@@ -294,6 +294,42 @@ TEST(Kernels, MatmulFp8LargeShapes) {
   }
 }
 
+// Decode with activations larger than L1 (M·K floats > 32 KB) goes block by block over groups of
+// 16 rows; rows outside full groups take the per-row path. Both must agree with FP64, and give the
+// same bits for the same row: rows 184..191 lie in a full group of the 200-row weight (row ranges
+// are multiples of 16 rows), and make up a weight of 8 rows of their own (per-row path only).
+TEST(Kernels, DecodeWithLargeActivations) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int N = 200, K = 2000, r0 = 184, rows = 8, kb = ceil_div(K, kQuantBlock);
+  const Weight w = make_weight(N, K, rng);
+  Weight sub;
+  sub.codes.assign(w.codes.begin() + size_t(r0) * K, w.codes.begin() + size_t(r0 + rows) * K);
+  sub.scales.assign(w.scales.begin() + size_t(r0 / kQuantBlock) * kb, w.scales.begin() + size_t(r0 / kQuantBlock + 1) * kb);
+  sub.m = Fp8Matrix{sub.codes, sub.scales, rows, K};
+  for (int M : {5, 8}) {
+    SCOPED_TRACE("M " + std::to_string(M));
+    const auto x = make_x(M, K, rng);
+    for (auto mode : {Numerics::kExact, Numerics::kDeepSeek}) {
+      std::vector<float> fast(size_t(M) * N, NAN), part(size_t(M) * rows, NAN);
+      matmul_fp8(x, M, w.m, fast, mode);
+      matmul_fp8(x, M, sub.m, part, mode);
+      std::vector<double> y64, mag;
+      if (mode == Numerics::kExact) fp64_exact(x, M, w, y64, mag);
+      else fp64_deepseek(x, M, w, y64, mag);
+      for (size_t i = 0; i < fast.size(); ++i) {
+        const double slack = mode == Numerics::kDeepSeek ? bf16_ulp(fast[i]) / 2 : 0.0;
+        ASSERT_LE(std::fabs(fast[i] - y64[i]), gamma_fast(K) * mag[i] + slack) << "at " << i;
+      }
+      for (int m = 0; m < M; ++m)
+        for (int r = 0; r < rows; ++r)
+          ASSERT_EQ(std::bit_cast<uint32_t>(part[size_t(m) * rows + r]), std::bit_cast<uint32_t>(fast[size_t(m) * N + r0 + r]))
+              << "row " << r0 + r << " m " << m;
+    }
+  }
+}
+
 TEST(Kernels, GroupedEqualsUngroupedBitForBit) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
