@@ -218,6 +218,10 @@ int panel_source(int P, bool permuted, bool bf16_tiles) {
   return P;
 }
 
+// Lanes of panel p that the microkernels read: a panel of ≤ 16 rows goes through the one-vector
+// microkernel, which never reads lanes 16..31 (so they are neither filled nor zeroed).
+inline int panel_lanes(int M, int p) { return M - p * kPanel <= 16 ? 16 : kPanel; }
+
 // From DeepSeek-quantized rows (q already filled in a).
 void prepare_from_codes(Activations& a, bool par) {
   const int M = a.M, K = a.K, kb = a.kb;
@@ -254,7 +258,7 @@ void prepare_from_codes(Activations& a, bool par) {
 #pragma omp parallel for schedule(static) if (par && a.panels > 1)
   for (int p = 0; p < a.panels; ++p) {
     uint32_t* dst = xpb + size_t(p) * K2 * kPanel;
-    for (int i = 0; i < kPanel; ++i) {
+    for (int i = 0; i < panel_lanes(M, p); ++i) {
       const int m = p * kPanel + i;
       if (m >= M) {
         for (int kp = 0; kp < K2; ++kp) dst[size_t(kp) * kPanel + i] = 0;
@@ -276,7 +280,7 @@ void prepare_from_codes(Activations& a, bool par) {
 #pragma omp parallel for schedule(static) if (par && a.panels > 1)
   for (int p = 0; p < a.panels; ++p) {
     float* dst = xp + size_t(p) * Kp * kPanel;
-    for (int i = 0; i < kPanel; ++i) {
+    for (int i = 0; i < panel_lanes(M, p); ++i) {
       const int m = p * kPanel + i;
       for (int P = 0; P < Kp; ++P) {
         const int k = panel_source(P, a.permuted, false);
@@ -303,7 +307,7 @@ void prepare_exact(Activations& a, const float* x, bool par) {
     for (int P0 = 0; P0 < Kp; P0 += kTile) {
       int src[kTile];
       for (int j = 0; j < kTile; ++j) src[j] = panel_source(P0 + j, a.permuted, false);
-      for (int i = 0; i < kPanel; ++i) {
+      for (int i = 0; i < panel_lanes(M, p); ++i) {
         const int m = p * kPanel + i;
         float* d = dst + size_t(P0) * kPanel + i;
         if (m < M) {
