@@ -1,16 +1,19 @@
 // Fast matmul kernels: FP8 block-scaled (exact and DeepSeek numerics), grouped per expert, BF16.
 //
 // Two shapes of work (see docs/ARCHITECTURE.md, "Kernels"):
-// - decode (M ≤ kDecodeMaxM): bandwidth-bound. Each weight row is widened from FP8 (or BF16) in
-//   registers once and multiplied with all M activation rows; threads take contiguous row ranges.
+// - decode (M ≤ kDecodeMaxM): bandwidth-bound. Each weight row is widened from FP8 (a byte-table
+//   lookup, 64 codes at a time) or BF16 in registers once and multiplied with all M activation
+//   rows; threads take contiguous row ranges.
 // - prefill (M > kDecodeMaxM): compute-bound. Activations are packed once per call into panels of
 //   32 rows, k-major ([k][32], or [k/2][32][2] BF16 pairs); a 128-row × 128-k tile of weights is
 //   dequantized once into a cache-resident buffer in its natural [n][k] layout; a 12 × 32
 //   register-blocked microkernel (weights broadcast, activations as vectors) computes each 128-wide
-//   partial sum, which is scaled and added to an FP32 tile, exactly the twin's order of operations.
-// Work is cut into items (task, 128-row weight chunk, activation panel range) run by OpenMP, so the
-// grouped (per-expert) call and the plain call execute the same per-element arithmetic: their
-// results are bit-identical.
+//   partial sum, which is scaled and added to an FP32 tile: the twin's structure (FP32 partial sums
+//   per 128-block, times the twin's scale product, accumulated in block order), the terms of each
+//   partial sum in another order.
+// Work is cut into items (task, 128-row weight chunk, activation panel range) run by OpenMP. What
+// a product computes per element depends on M only, never on the split, so the grouped (per-expert)
+// call and the plain call give bit-identical results.
 #include <omp.h>
 
 #include <algorithm>
@@ -760,7 +763,6 @@ void add_items(std::vector<Item>& items, int job, const Activations& a, const We
     // Larger items measured slower on Zen 5 (L2 misses), smaller ones repeat the dequantization.
     const int nchunks = ceil_div(N, kNChunk);
     const int pc = std::min(kItemPanels, a.panels);
-    (void)target_items;
     for (int nc = 0; nc < nchunks; ++nc)
       for (int p = 0; p < a.panels; p += pc)
         items.push_back({job, nc * kNChunk, std::min(N, (nc + 1) * kNChunk), p, std::min(a.panels, p + pc)});
