@@ -19,7 +19,8 @@ inline void round_activations(std::span<float> x, Numerics mode) {
 // out = w ⊙ x / sqrt(mean(x²) + eps), statistics in FP32 (reference §4).
 inline void rms_norm(std::span<const float> x, std::span<const float> w, double eps, std::span<float> out) {
   float sum = 0;
-  for (float v : x) sum += v * v;
+#pragma omp simd reduction(+ : sum)
+  for (size_t i = 0; i < x.size(); ++i) sum += x[i] * x[i];
   const float inv = 1.0f / std::sqrt(sum / float(x.size()) + float(eps));
   for (size_t i = 0; i < x.size(); ++i) out[i] = w[i] * (x[i] * inv);
 }
