@@ -430,10 +430,12 @@ TEST(Serve, ApiKeyAndQueueLimit) {
   // streams on raw sockets, closed at the end (which cancels them).
   const int running = open_stream(s, chat_body("hold", 5000, true), "Authorization: Bearer s3cret\r\n");
   char buf[512];
-  ASSERT_GT(::recv(running, buf, sizeof buf, 0), 0);  // its first bytes: it is running
+  ASSERT_GT(::recv(running, buf, sizeof buf, 0), 0);
+  for (int i = 0; i < 1500 && s.metric("epserve_running_requests") != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_EQ(s.metric("epserve_running_requests"), 1) << s.log();
   const int waiting = open_stream(s, chat_body("wait", 5000, true), "Authorization: Bearer s3cret\r\n");
   for (int i = 0; i < 1500 && s.metric("epserve_waiting_requests") != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  ASSERT_EQ(s.metric("epserve_waiting_requests"), 1);
+  ASSERT_EQ(s.metric("epserve_waiting_requests"), 1) << s.log();
   auto busy = c.Post("/v1/chat/completions", key, body, "application/json");
   ASSERT_TRUE(busy);
   EXPECT_EQ(busy->status, 429);
