@@ -134,6 +134,9 @@ struct Activations {
   // Decode with FP8 weights (AVX-512): exact values in [kb][M][128] blocks, zero-padded, each 64
   // permuted as simd::widen_fp8x64 permutes the weights.
   const float* xk = nullptr;
+  // Decode, DeepSeek numerics with AVX512-BF16: BF16 pairs [kb][M][64] of the codes' values · 2^-8,
+  // pair kp of a block holding the k of prefill panel positions 2kp, 2kp+1 (the same pairs).
+  const uint32_t* xkb = nullptr;
   const float* xscale = nullptr;  // DeepSeek: [M][kb]
   // Prefill panels (32 rows, zero-padded): FP32 [panel][K][32] or BF16 pairs [panel][ceil(K/2)][32].
   const float* xp = nullptr;
@@ -151,7 +154,7 @@ struct Activations {
   // Storage.
   Fp8Rows q;
   AlignedVec<float> xd, xk_store, xp_store, xps_store;
-  AlignedVec<uint32_t> xpb_store;
+  AlignedVec<uint32_t> xpb_store, xkb_store;
 };
 
 bool use_prefill(int M) {
@@ -325,19 +328,40 @@ void prepare_exact(Activations& a, const float* x, bool par) {
   a.xp = xp;
 }
 
-// Decode layout for FP8 weights: xk[b][m][64h + j] = value at k = 128b + 64h + fp8x64_source(j).
+// Decode layout for FP8 weights, the k order of the prefill panels within each block:
+// xk[b][m][P] = value at k = 128b + panel_source(P) (exact: the caller's x; DeepSeek: the code's
+// value · 2^-8, as the prefill panels hold it), or with AVX512-BF16 under DeepSeek numerics the BF16
+// pairs xkb[b][m][kp] of positions 2kp, 2kp+1.
 void prepare_decode_blocks(Activations& a, const float* x, const uint8_t* codes) {
 #ifdef EPS_KERNELS_AVX512
   const int M = a.M, K = a.K, kb = a.kb;
+  const auto& t = fp8_tables();
+#ifdef EPS_KERNELS_BF16DOT
+  if (codes) {
+    a.xkb_store.resize(size_t(kb) * M * (kQuantBlock / 2));
+    uint32_t* xkb = a.xkb_store.data();
+    for (int b = 0; b < kb; ++b)
+      for (int m = 0; m < M; ++m)
+        for (int kp = 0; kp < kQuantBlock / 2; ++kp) {
+          uint32_t pair = 0;
+          for (int e = 0; e < 2; ++e) {
+            const int k = b * kQuantBlock + panel_source(2 * kp + e, true, true);
+            if (k < K) pair |= uint32_t(t.bf16[codes[size_t(m) * K + k]]) << (16 * e);
+          }
+          xkb[(size_t(b) * M + m) * (kQuantBlock / 2) + kp] = pair;
+        }
+    a.xkb = xkb;
+    return;
+  }
+#endif
   a.xk_store.resize(size_t(kb) * M * kQuantBlock);
   float* xk = a.xk_store.data();
-  const auto& t = fp8_e4m3_table();
   for (int b = 0; b < kb; ++b)
     for (int m = 0; m < M; ++m)
       for (int j = 0; j < kQuantBlock; ++j) {
-        const int k = b * kQuantBlock + (j / 64) * 64 + simd::fp8x64_source(j % 64);
+        const int k = b * kQuantBlock + panel_source(j, true, false);
         const size_t src = size_t(m) * K + k;
-        xk[(size_t(b) * M + m) * kQuantBlock + j] = k >= K ? 0.0f : codes ? t[codes[src]] : x[src];
+        xk[(size_t(b) * M + m) * kQuantBlock + j] = k >= K ? 0.0f : codes ? t.f32[codes[src]] : x[src];
       }
   a.xk = xk;
 #endif
@@ -347,6 +371,7 @@ void prepare_decode_blocks(Activations& a, const float* x, const uint8_t* codes)
 void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const Fp8Rows* quantized, bool par,
              bool fp8_weights) {
   a.xk = nullptr;
+  a.xkb = nullptr;
   a.Kp = ceil_div(K, 64) * 64;
   a.permuted = fp8_weights;
   a.x = a.xscale = a.xp = a.xps = a.scales = nullptr;  // the buffers are reused, the views are not
@@ -377,118 +402,146 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
 
 #ifdef EPS_KERNELS_AVX512
 
-// R weight rows at a time, each widened once (64 codes at a time, simd::widen_fp8x64) and used
-// for all M rows; C accumulator chains per row and activation (C = 2 when M is too small to hide the
-// FMA latency otherwise). The per-lane order of operations does not depend on R, on the row range
-// or on whether a block is partial (zero-filled), so a row's result does not depend on the split.
-// One 128-block of R rows: partial sums, scaled into acc.
-template <int M, int R, int C>
+// Batch invariance: a row's result must not depend on M (how many rows share the product) nor on
+// its position, so the decode kernels (k across the vector lanes) and the prefill microkernels
+// (activation rows across the lanes) add the same products in the same order. Per output and
+// 128-block, with positions P in the prefill panels' k order (panel_source):
+//  - 16 lane chains: chain j adds P = j, j+16, j+32, ... in that order (FMAs from zero);
+//  - the 16 chain sums combined by one fixed tree: i + (i+8), then i + (i+4), i + (i+2), i + (i+1)
+//    (the halving tree of a horizontal vector sum);
+//  - that block sum times the block's scale added to the output's FP32 sum, block after block.
+// Under DeepSeek numerics with AVX512-BF16 the chains run over BF16 pairs (vdpbf16ps) instead,
+// chain j over pairs j, j+16, j+32, j+48, on both paths.
+
+// The tree for four vectors at once; the sums come out in lanes 0, 4, 8, 12.
+inline __m512 tree_sum4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xEE));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xEE));
+  __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));
+  return _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
+}
+template <int N>
+inline void tree_sums(const __m512 (&v)[N], float (&out)[N]) {
+  for (int i = 0; i < N; i += 4) {
+    const __m512 z = _mm512_setzero_ps();
+    alignas(64) float r[16];
+    _mm512_store_ps(r, tree_sum4(v[i], i + 1 < N ? v[i + 1] : z, i + 2 < N ? v[i + 2] : z, i + 3 < N ? v[i + 3] : z));
+    for (int e = 0; e < 4 && i + e < N; ++e) out[i + e] = r[4 * e];
+  }
+}
+
+// R weight rows at a time, each widened once (64 codes at a time) and used for all M rows.
+// One 128-block of R rows: the lane chains, the tree, scaled into acc.
+template <int M, int R>
 inline void decode_fp8_block(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, int b,
-                             size_t ahead, __m512 (&acc)[R][M]) {
+                             size_t ahead, float (&acc)[R][M]) {
   const int K = a.K, kb = a.kb;
   const int k0 = b * kQuantBlock, kc = std::min(kQuantBlock, K - k0);
   const uint8_t* wb = w.codes + size_t(n) * K + k0;
-  const float* xb = a.xk + size_t(b) * M * kQuantBlock;
-  __m512 part[R][M][C];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m)
-      for (int c = 0; c < C; ++c) part[r][m][c] = _mm512_setzero_ps();
-  for (int h = 0; h < kQuantBlock / 64 && 64 * h < kc; ++h) {
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* wr = wb + size_t(r) * K + 64 * h;
-      _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
-      __m512 f[4];
-      simd::widen_fp8x64(lut, simd::load_codes64(wr, kc - 64 * h), f);
-      for (int m = 0; m < M; ++m) {
-        const float* xm = xb + m * kQuantBlock + 64 * h;
-        for (int q = 0; q < 4; ++q) part[r][m][q % C] = _mm512_fmadd_ps(_mm512_load_ps(xm + 16 * q), f[q], part[r][m][q % C]);
+  __m512 part[R * M];
+  for (auto& p : part) p = _mm512_setzero_ps();
+#ifdef EPS_KERNELS_BF16DOT
+  if (a.xkb) {
+    const uint32_t* xb = a.xkb + size_t(b) * M * (kQuantBlock / 2);
+    for (int h = 0; h < kQuantBlock / 64 && 64 * h < kc; ++h)
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* wr = wb + size_t(r) * K + 64 * h;
+        _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
+        __m512i w0, w1;
+        simd::widen_fp8x64_bf16(lut, simd::load_codes64(wr, kc - 64 * h), w0, w1);
+        for (int m = 0; m < M; ++m) {
+          const uint32_t* xm = xb + m * (kQuantBlock / 2) + 32 * h;
+          part[r * M + m] = _mm512_dpbf16_ps(part[r * M + m], (__m512bh)_mm512_load_si512(xm), (__m512bh)w0);
+          part[r * M + m] = _mm512_dpbf16_ps(part[r * M + m], (__m512bh)_mm512_load_si512(xm + 16), (__m512bh)w1);
+        }
       }
-    }
+  } else
+#endif
+  {
+    const float* xb = a.xk + size_t(b) * M * kQuantBlock;
+    for (int h = 0; h < kQuantBlock / 64 && 64 * h < kc; ++h)
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* wr = wb + size_t(r) * K + 64 * h;
+        _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
+        __m512 f[4];
+        simd::widen_fp8x64(lut, simd::load_codes64(wr, kc - 64 * h), f);
+        for (int m = 0; m < M; ++m) {
+          const float* xm = xb + m * kQuantBlock + 64 * h;
+          for (int q = 0; q < 4; ++q) part[r * M + m] = _mm512_fmadd_ps(_mm512_load_ps(xm + 16 * q), f[q], part[r * M + m]);
+        }
+      }
   }
+  float sum[R * M];
+  tree_sums(part, sum);
   for (int r = 0; r < R; ++r) {
     const float ws = w.scales[size_t((n + r) / kQuantBlock) * kb + b];
     for (int m = 0; m < M; ++m) {
-      // DeepSeek: (x scale · w scale) rounded as the twin rounds it; the activation values are
-      // exact, the weights' carry kWiden64Scale^-1 (a power of two).
-      const float s = (a.deepseek ? a.xscale[size_t(m) * kb + b] * ws : ws) * simd::kWiden64Scale;
-      __m512 p = part[r][m][0];
-      if constexpr (C == 2) p = _mm512_add_ps(p, part[r][m][1]);
-      acc[r][m] = _mm512_fmadd_ps(p, _mm512_set1_ps(s), acc[r][m]);
+      // As the prefill items compute it: DeepSeek, (x scale · w scale) rounded as the twin rounds
+      // it, times the powers of two the widenings left out (exact); exact numerics, the weights'.
+      const float s = a.deepseek ? (a.xscale[size_t(m) * kb + b] * ws) * (simd::kFp8WidenScale * simd::kWiden64Scale)
+                                 : ws * simd::kWiden64Scale;
+      acc[r][m] = std::fma(sum[r * M + m], s, acc[r][m]);
     }
   }
 }
 
 template <int M, int R>
-inline void decode_store(const Activations& a, const __m512 (&acc)[R][M], int n, float* y, int ldy) {
+inline void decode_store(const Activations& a, const float (&acc)[R][M], int n, float* y, int ldy) {
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) {
-      const float v = simd::reduce_add(acc[r][m]);
-      y[size_t(m) * ldy + n + r] = a.deepseek ? round_to_bf16(v) : v;
-    }
+    for (int m = 0; m < M; ++m) y[size_t(m) * ldy + n + r] = a.deepseek ? round_to_bf16(acc[r][m]) : acc[r][m];
 }
 
-// R rows, all blocks, accumulators in registers.
-template <int M, int R, int C>
+// R rows, all blocks.
+template <int M, int R>
 void decode_fp8_rows(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, float* y, int ldy) {
   const size_t ahead = size_t(R) * a.K + 4096;  // prefetch distance along the (contiguous) rows
-  __m512 acc[R][M];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
-  for (int b = 0; b < a.kb; ++b) decode_fp8_block<M, R, C>(a, w, lut, n, b, ahead, acc);
+  float acc[R][M] = {};
+  for (int b = 0; b < a.kb; ++b) decode_fp8_block<M, R>(a, w, lut, n, b, ahead, acc);
   decode_store<M, R>(a, acc, n, y, ldy);
 }
 
-// kDecodeGroup rows block by block, accumulators in L1: when the activations (M × K floats) do
-// not fit L1, each block of them is then reused by all the group's rows instead of being streamed
-// from L2 once per row. The same operations per row as decode_fp8_rows: the same results.
+// kDecodeGroup rows block by block: when the activations (M × K floats) do not fit L1, each block
+// of them is then reused by all the group's rows instead of being streamed from L2 once per row.
+// The same operations per row as decode_fp8_rows: the same results.
 constexpr int kDecodeGroup = 16;
-template <int M, int R, int C>
+template <int M, int R>
 void decode_fp8_group(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, float* y, int ldy) {
   static_assert(kDecodeGroup % R == 0);
-  alignas(64) __m512 acc[kDecodeGroup / R][R][M];
-  for (auto& g : acc)
-    for (int r = 0; r < R; ++r)
-      for (int m = 0; m < M; ++m) g[r][m] = _mm512_setzero_ps();
+  float acc[kDecodeGroup / R][R][M] = {};
   for (int b = 0; b < a.kb; ++b)
-    for (int g = 0; g < kDecodeGroup / R; ++g) decode_fp8_block<M, R, C>(a, w, lut, n + g * R, b, 2 * kQuantBlock, acc[g]);
+    for (int g = 0; g < kDecodeGroup / R; ++g) decode_fp8_block<M, R>(a, w, lut, n + g * R, b, 2 * kQuantBlock, acc[g]);
   for (int g = 0; g < kDecodeGroup / R; ++g) decode_store<M, R>(a, acc[g], n + g * R, y, ldy);
 }
 
-// BF16 weights: lane j of acc[.][.][h] sums k ≡ 16h + j (mod 32) in increasing k, on every path.
+// BF16 weights: the same structure, k in order (chain j adds k0 + j, k0 + j + 16, ...).
 template <int M, int R>
 void decode_bf16_rows(const Activations& a, const Weight& w, int n, float* y, int ldy) {
   const int K = a.K;
   const uint16_t* rows = w.bf16 + size_t(n) * K;
   const size_t ahead = size_t(R) * K + 2048;  // in elements (2 bytes)
-  __m512 acc[R][M][2];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) acc[r][m][0] = acc[r][m][1] = _mm512_setzero_ps();
-  int k = 0;
-  for (; k + 32 <= K; k += 32) {
-    for (int r = 0; r < R; ++r) {
-      const uint16_t* wr = rows + size_t(r) * K + k;
-      _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
-      const __m512 lo = simd::widen_bf16x16(wr), hi = simd::widen_bf16x16(wr + 16);
-      for (int m = 0; m < M; ++m) {
-        acc[r][m][0] = _mm512_fmadd_ps(_mm512_loadu_ps(a.x + size_t(m) * K + k), lo, acc[r][m][0]);
-        acc[r][m][1] = _mm512_fmadd_ps(_mm512_loadu_ps(a.x + size_t(m) * K + k + 16), hi, acc[r][m][1]);
+  float acc[R][M] = {};
+  for (int k0 = 0; k0 < K; k0 += kQuantBlock) {
+    const int kc = std::min(kQuantBlock, K - k0);
+    __m512 part[R * M];
+    for (auto& p : part) p = _mm512_setzero_ps();
+    for (int t = 0; 16 * t < kc; ++t) {
+      const int k = k0 + 16 * t, len = kc - 16 * t;
+      for (int r = 0; r < R; ++r) {
+        const uint16_t* wr = rows + size_t(r) * K + k;
+        if (t % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
+        const __m512 wv = simd::widen_bf16x16(wr, len);
+        for (int m = 0; m < M; ++m)
+          part[r * M + m] = _mm512_fmadd_ps(simd::load_floats16(a.x + size_t(m) * K + k, len), wv, part[r * M + m]);
       }
     }
-  }
-  if (k < K) {  // the tail: the same, with zero-filled loads past the end
-    const int len = K - k;
-    for (int r = 0; r < R; ++r) {
-      const __m512 lo = simd::widen_bf16x16(rows + size_t(r) * K + k, len);
-      const __m512 hi = simd::widen_bf16x16(rows + size_t(r) * K + k + 16, len - 16);
-      for (int m = 0; m < M; ++m) {
-        acc[r][m][0] = _mm512_fmadd_ps(simd::load_floats16(a.x + size_t(m) * K + k, len), lo, acc[r][m][0]);
-        acc[r][m][1] = _mm512_fmadd_ps(simd::load_floats16(a.x + size_t(m) * K + k + 16, len - 16), hi, acc[r][m][1]);
-      }
-    }
+    float sum[R * M];
+    tree_sums(part, sum);
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m)
-      y[size_t(m) * ldy + n + r] = simd::reduce_add(_mm512_add_ps(acc[r][m][0], acc[r][m][1]));
+    for (int m = 0; m < M; ++m) y[size_t(m) * ldy + n + r] = acc[r][m];
 }
 
 template <int M>
@@ -500,13 +553,13 @@ void decode_range_m(const Activations& a, const Weight& w, int n0, int n1, float
     for (; n + R <= n1; n += R) decode_bf16_rows<M, R>(a, w, n, y, ldy);
     for (; n < n1; ++n) decode_bf16_rows<M, 1>(a, w, n, y, ldy);
   } else {
-    constexpr int R = M == 1 ? 4 : M <= 4 ? 2 : 1, C = M <= 2 ? 2 : 1;
+    constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
     const auto& t = fp8_tables();
     const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
     if (size_t(M) * a.kb * kQuantBlock * sizeof(float) > 32 * 1024)  // activations larger than L1
-      for (; n + kDecodeGroup <= n1; n += kDecodeGroup) decode_fp8_group<M, R, C>(a, w, lut, n, y, ldy);
-    for (; n + R <= n1; n += R) decode_fp8_rows<M, R, C>(a, w, lut, n, y, ldy);
-    for (; n < n1; ++n) decode_fp8_rows<M, 1, C>(a, w, lut, n, y, ldy);
+      for (; n + kDecodeGroup <= n1; n += kDecodeGroup) decode_fp8_group<M, R>(a, w, lut, n, y, ldy);
+    for (; n + R <= n1; n += R) decode_fp8_rows<M, R>(a, w, lut, n, y, ldy);
+    for (; n < n1; ++n) decode_fp8_rows<M, 1>(a, w, lut, n, y, ldy);
   }
 }
 
@@ -528,20 +581,44 @@ void decode_range(const Activations& a, const Weight& w, int n0, int n1, float* 
 // Prefill microkernels: kNr weight rows × V·16 activation rows, one k-block; the partial sums are
 // scaled and added to the FP32 tile ct ([n][ldc], activation rows contiguous).
 
+// The lane chains in the order the tree takes them (depth first), so that a stack of four
+// partial sums per output evaluates it: 0+8, 4+12, (0+8)+(4+12), ... (see decode_fp8_block).
+constexpr int kTreeLeaf[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+
+// Combine the chain just finished (leaf `leaf` in kTreeLeaf order) with the stack.
+template <int V>
+inline void tree_push(int leaf, __m512 (&acc)[kNr][V], __m512 (&stack)[4][kNr][V]) {
+  int level = 0;
+  for (; (leaf >> level) & 1; ++level)
+#pragma GCC unroll 12
+    for (int j = 0; j < kNr; ++j)
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_add_ps(stack[level][j][v], acc[j][v]);
+  if (leaf < 15)
+#pragma GCC unroll 12
+    for (int j = 0; j < kNr; ++j)
+      for (int v = 0; v < V; ++v) stack[level][j][v] = acc[j][v];
+}
+
 template <int V>
 inline void micro_f32(const float* xp, const float* wd, int kc, float* ct, int ldc, const __m512* s) {
-  __m512 acc[kNr][V];
+  const int T = ceil_div(kc, 16);  // positions up to 16·T are zero past kc in both operands
+  __m512 acc[kNr][V], stack[4][kNr][V];
+  for (int leaf = 0; leaf < 16; ++leaf) {
+    const int c = kTreeLeaf[leaf];
 #pragma GCC unroll 12
-  for (int j = 0; j < kNr; ++j)
-    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
-  for (int k = 0; k < kc; ++k) {
-    __m512 xv[V];
-    for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(xp + size_t(k) * kPanel + 16 * v);
+    for (int j = 0; j < kNr; ++j)
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t) {
+      const int k = c + 16 * t;
+      __m512 xv[V];
+      for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(xp + size_t(k) * kPanel + 16 * v);
 #pragma GCC unroll 12
-    for (int j = 0; j < kNr; ++j) {
-      const __m512 wv = _mm512_set1_ps(wd[j * kQuantBlock + k]);
-      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(xv[v], wv, acc[j][v]);
+      for (int j = 0; j < kNr; ++j) {
+        const __m512 wv = _mm512_set1_ps(wd[j * kQuantBlock + k]);
+        for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(xv[v], wv, acc[j][v]);
+      }
     }
+    tree_push<V>(leaf, acc, stack);
   }
 #pragma GCC unroll 12
   for (int j = 0; j < kNr; ++j)
@@ -554,20 +631,26 @@ inline void micro_f32(const float* xp, const float* wd, int kc, float* ct, int l
 #ifdef EPS_KERNELS_BF16DOT
 template <int V>
 inline void micro_bf16(const uint32_t* xp, const uint16_t* wd, int kc2, float* ct, int ldc, const __m512* s) {
-  __m512 acc[kNr][V];
+  const int T = ceil_div(kc2, 16);
+  __m512 acc[kNr][V], stack[4][kNr][V];
+  for (int leaf = 0; leaf < 16; ++leaf) {
+    const int c = kTreeLeaf[leaf];
 #pragma GCC unroll 12
-  for (int j = 0; j < kNr; ++j)
-    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
-  for (int kp = 0; kp < kc2; ++kp) {
-    __m512bh xv[V];
-    for (int v = 0; v < V; ++v) xv[v] = (__m512bh)_mm512_load_si512(xp + size_t(kp) * kPanel + 16 * v);
+    for (int j = 0; j < kNr; ++j)
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t) {
+      const int kp = c + 16 * t;
+      __m512bh xv[V];
+      for (int v = 0; v < V; ++v) xv[v] = (__m512bh)_mm512_load_si512(xp + size_t(kp) * kPanel + 16 * v);
 #pragma GCC unroll 12
-    for (int j = 0; j < kNr; ++j) {
-      uint32_t pair;
-      std::memcpy(&pair, wd + j * kQuantBlock + 2 * kp, 4);
-      const __m512bh wv = (__m512bh)_mm512_set1_epi32(int(pair));
-      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], xv[v], wv);
+      for (int j = 0; j < kNr; ++j) {
+        uint32_t pair;
+        std::memcpy(&pair, wd + j * kQuantBlock + 2 * kp, 4);
+        const __m512bh wv = (__m512bh)_mm512_set1_epi32(int(pair));
+        for (int v = 0; v < V; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], xv[v], wv);
+      }
     }
+    tree_push<V>(leaf, acc, stack);
   }
 #pragma GCC unroll 12
   for (int j = 0; j < kNr; ++j)
@@ -620,18 +703,10 @@ void dequant_tile_bf16(const Weight& w, const simd::Fp8Lut& lut, int n0, int nn,
     uint16_t* dst = wd + size_t(r) * kQuantBlock;
     const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
     for (int h = 0; 64 * h < kc; ++h) {
-#if defined(__AVX512VBMI__)
-      __m512i w0, w1;  // permuted within each 64 (see Activations::Kp)
+      __m512i w0, w1;  // permuted within each 64 with VBMI (see Activations::Kp)
       simd::widen_fp8x64_bf16(lut, simd::load_codes64(src + 64 * h, kc - 64 * h), w0, w1);
       _mm512_store_si512(dst + 64 * h, w0);
       _mm512_store_si512(dst + 64 * h + 32, w1);
-#else
-      for (int k = 64 * h; k < 64 * h + 64; k += 32) {
-        const __m512 lo = simd::widen_fp8x16(simd::load_codes16(src + k, kc - k));
-        const __m512 hi = simd::widen_fp8x16(simd::load_codes16(src + k + 16, kc - k - 16));
-        _mm512_store_si512(dst + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));  // exact: FP8 values fit BF16
-      }
-#endif
     }
   }
   std::memset(wd + size_t(nn) * kQuantBlock, 0, sizeof(uint16_t) * size_t(kNChunkPad - nn) * kQuantBlock);

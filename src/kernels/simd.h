@@ -95,6 +95,16 @@ inline void widen_fp8x64(const Fp8Lut&, __m512i codes, __m512 f[4]) {
   f[2] = widen_fp8x16(_mm512_extracti32x4_epi32(codes, 2));
   f[3] = widen_fp8x16(_mm512_extracti32x4_epi32(codes, 3));
 }
+#if defined(__AVX512BF16__)
+// The same to 64 BF16 values (w0: codes 0..31, w1: 32..63, in order), values · 2^-8 (exact: FP8
+// values fit BF16).
+inline void widen_fp8x64_bf16(const Fp8Lut&, __m512i codes, __m512i& w0, __m512i& w1) {
+  w0 = (__m512i)_mm512_cvtne2ps_pbh(widen_fp8x16(_mm512_extracti32x4_epi32(codes, 1)),
+                                    widen_fp8x16(_mm512_extracti32x4_epi32(codes, 0)));
+  w1 = (__m512i)_mm512_cvtne2ps_pbh(widen_fp8x16(_mm512_extracti32x4_epi32(codes, 3)),
+                                    widen_fp8x16(_mm512_extracti32x4_epi32(codes, 2)));
+}
+#endif
 #endif
 inline __m512i load_codes64(const uint8_t* p, int n) {
   return n >= 64 ? _mm512_loadu_si512(p)

@@ -401,3 +401,69 @@ TEST(Kernels, MatmulBf16AgainstFp64AndTwin) {
 }
 
 }  // namespace
+
+namespace {
+
+// Batch invariance: a row's output must be bitwise the same whether it is computed alone (M = 1,
+// the decode kernels) or inside a batch of M rows (decode up to 8, prefill above) at any position,
+// for every kernel and both numerics (expert parallelism puts different row counts per expert on
+// different rank counts). Fresh random inputs each run.
+uint32_t bits(float f) { return std::bit_cast<uint32_t>(f); }
+
+TEST(Kernels, RowResultsDoNotDependOnBatch) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd;
+  for (const auto& [N, K] : {std::pair{200, 100}, std::pair{256, 384}, std::pair{130, 1000}, std::pair{48, 2000}}) {
+    const Weight w = make_weight(N, K, rng);
+    std::vector<bf16> bv(size_t(N) * K);
+    for (auto& v : bv) v = float_to_bf16(nd(rng) * 0.05f);
+    const Bf16Matrix wb{bv, N, K};
+    for (int M : {2, 3, 8, 9, 33, 129}) {
+      const auto x = make_x(M, K, rng);
+      for (int pos : {0, M / 2, M - 1}) {
+        SCOPED_TRACE("N " + std::to_string(N) + " K " + std::to_string(K) + " M " + std::to_string(M) + " row " +
+                     std::to_string(pos));
+        const std::vector<float> row(x.begin() + size_t(pos) * K, x.begin() + size_t(pos + 1) * K);
+        auto check = [&](const std::vector<float>& alone, const std::vector<float>& batch, const char* what) {
+          for (int n = 0; n < N; ++n)
+            ASSERT_EQ(bits(alone[n]), bits(batch[size_t(pos) * N + n])) << what << " output " << n;
+        };
+        for (auto mode : {Numerics::kExact, Numerics::kDeepSeek}) {
+          SCOPED_TRACE(mode == Numerics::kExact ? "exact" : "deepseek");
+          std::vector<float> alone(N, NAN), batch(size_t(M) * N, NAN);
+          matmul_fp8(row, 1, w.m, alone, mode);
+          matmul_fp8(x, M, w.m, batch, mode);
+          check(alone, batch, "matmul_fp8");
+          // Grouped, next to another task of a different M.
+          std::vector<float> gb(size_t(M) * N, NAN), other(size_t(5) * N, NAN);
+          const auto xo = make_x(5, K, rng);
+          const Fp8MatmulTask tasks[] = {{xo, 5, &w.m, other}, {x, M, &w.m, gb}};
+          matmul_fp8_grouped(tasks, mode);
+          check(alone, gb, "matmul_fp8_grouped");
+          std::vector<float> ga(N, NAN);
+          const Fp8MatmulTask one[] = {{row, 1, &w.m, ga}};
+          matmul_fp8_grouped(one, mode);
+          check(ga, batch, "matmul_fp8_grouped alone");
+          if (mode == Numerics::kDeepSeek) {
+            Fp8Rows qa, qb;
+            quantize_rows_fp8(row, 1, K, qa);
+            quantize_rows_fp8(x, M, K, qb);
+            std::vector<float> ya(N, NAN), yb(size_t(M) * N, NAN);
+            matmul_fp8_quantized(qa, w.m, ya);
+            matmul_fp8_quantized(qb, w.m, yb);
+            check(ya, batch, "matmul_fp8_quantized alone");
+            check(alone, yb, "matmul_fp8_quantized");
+          }
+        }
+        std::vector<float> alone(N, NAN), batch(size_t(M) * N, NAN);
+        matmul_bf16(row, 1, wb, alone);
+        matmul_bf16(x, M, wb, batch);
+        check(alone, batch, "matmul_bf16");
+      }
+    }
+  }
+}
+
+}  // namespace
