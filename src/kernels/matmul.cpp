@@ -908,8 +908,15 @@ void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode) {
   const bool deepseek = mode == Numerics::kDeepSeek;
   for (const auto& t : tasks) {
     EPS_REQUIRE(t.w != nullptr, "matmul_fp8_grouped: task without weight");
-    EPS_REQUIRE(t.x.size() >= size_t(t.M) * t.w->cols && t.y.size() >= size_t(t.M) * t.w->rows,
-                "matmul_fp8_grouped: buffer too small");
+    EPS_REQUIRE(t.y.size() >= size_t(t.M) * t.w->rows, "matmul_fp8_grouped: output too small");
+    if (t.xq) {
+      EPS_REQUIRE(t.xq->rows == t.M && t.xq->cols == t.w->cols, "matmul_fp8_grouped: quantized rows do not match M, w->cols");
+      EPS_REQUIRE(t.xq->codes.size() >= size_t(t.M) * t.w->cols &&
+                      t.xq->scales.size() >= size_t(t.M) * ceil_div(t.w->cols, kQuantBlock),
+                  "matmul_fp8_grouped: quantized rows too small");
+    } else {
+      EPS_REQUIRE(t.x.size() >= size_t(t.M) * t.w->cols, "matmul_fp8_grouped: input too small");
+    }
   }
   // Phase 1: quantize / pack each task's activations (parallel over tasks).
   // Buffers reused by the next call from this thread. (Inside the parallel regions below, the
@@ -918,7 +925,8 @@ void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode) {
   if (int(acts_store.size()) < T) acts_store.resize(T);
   Activations* acts = acts_store.data();
 #pragma omp parallel for schedule(dynamic, 1) if (T > 1)
-  for (int i = 0; i < T; ++i) prepare(acts[i], tasks[i].x.data(), tasks[i].M, tasks[i].w->cols, deepseek, nullptr, T == 1, true);
+  for (int i = 0; i < T; ++i)
+    prepare(acts[i], tasks[i].x.data(), tasks[i].M, tasks[i].w->cols, deepseek || tasks[i].xq, tasks[i].xq, T == 1, true);
   // Phase 2: (task, output block) items, largest products first so that the tail is short.
   std::vector<Job> jobs;
   jobs.reserve(T);

@@ -60,6 +60,9 @@ struct Fp8MatmulTask {
   int M = 0;
   const Fp8Matrix* w = nullptr;
   std::span<float> y;        // [M, w->rows]
+  // When set: these already-quantized rows (M of them) instead of x, DeepSeek numerics whatever
+  // the call's mode (as matmul_fp8_quantized; bit-identical to it).
+  const Fp8Rows* xq = nullptr;
 };
 void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode);
 

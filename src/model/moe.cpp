@@ -92,13 +92,10 @@ void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<Ex
     g[e].resize(size_t(M) * inter);
     u[e].resize(size_t(M) * inter);
     outputs[e].resize(size_t(M) * d);
-    if (mode == Numerics::kExact) {
-      up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->gate, g[e]});
-      up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->up, u[e]});
-    } else {
-      kernels::matmul_fp8_quantized(inputs[e].fp8, w.experts[e]->gate, g[e]);
-      kernels::matmul_fp8_quantized(inputs[e].fp8, w.experts[e]->up, u[e]);
-    }
+    // DeepSeek numerics: the rows quantized at the token's home rank, as they arrived.
+    const kernels::Fp8Rows* xq = mode == Numerics::kDeepSeek ? &inputs[e].fp8 : nullptr;
+    up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->gate, g[e], xq});
+    up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->up, u[e], xq});
   }
   kernels::matmul_fp8_grouped(up_tasks, mode);
   for (int e = 0; e < E; ++e) {

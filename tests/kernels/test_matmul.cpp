@@ -467,3 +467,45 @@ TEST(Kernels, RowResultsDoNotDependOnBatch) {
 }
 
 }  // namespace
+
+namespace {
+
+// Tasks with already-quantized rows (what the routed experts receive): bit-identical to
+// matmul_fp8_quantized per task, in either call mode, mixed with plain tasks.
+TEST(Kernels, GroupedQuantizedEqualsPerTask) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int shapes[][2] = {{256, 1024}, {1024, 256}, {48, 100}, {200, 384}};
+  std::vector<Weight> weights;
+  std::vector<Fp8Rows> qs(20);
+  std::vector<std::vector<float>> xs;
+  std::vector<int> Ms;
+  for (int i = 0; i < 20; ++i) {
+    weights.push_back(make_weight(shapes[i % 4][0], shapes[i % 4][1], rng));
+    const int M = i < 4 ? std::array{0, 1, 8, 9}[i] : int(rng() % 70);
+    Ms.push_back(M);
+    xs.push_back(make_x(M, weights[i].m.cols, rng));
+    quantize_rows_fp8(xs[i], M, weights[i].m.cols, qs[i]);
+  }
+  for (auto mode : {Numerics::kExact, Numerics::kDeepSeek}) {
+    std::vector<std::vector<float>> ys(20);
+    std::vector<Fp8MatmulTask> tasks;
+    for (int i = 0; i < 20; ++i) {
+      ys[i].assign(size_t(Ms[i]) * weights[i].m.rows, NAN);
+      // Odd tasks: quantized rows (x left empty); even: the FP32 rows in the call's mode.
+      if (i % 2) tasks.push_back({{}, Ms[i], &weights[i].m, ys[i], &qs[i]});
+      else tasks.push_back({xs[i], Ms[i], &weights[i].m, ys[i]});
+    }
+    matmul_fp8_grouped(tasks, mode);
+    for (int i = 0; i < 20; ++i) {
+      SCOPED_TRACE("task " + std::to_string(i) + " M " + std::to_string(Ms[i]));
+      std::vector<float> one(ys[i].size(), NAN);
+      if (i % 2) matmul_fp8_quantized(qs[i], weights[i].m, one);
+      else matmul_fp8(xs[i], Ms[i], weights[i].m, one, mode);
+      for (size_t j = 0; j < one.size(); ++j) ASSERT_EQ(std::bit_cast<uint32_t>(ys[i][j]), std::bit_cast<uint32_t>(one[j])) << j;
+    }
+  }
+}
+
+}  // namespace
