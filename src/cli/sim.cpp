@@ -1,4 +1,5 @@
 // `epserve sim`: the cluster simulator (unit, day, sweep, calibrate). The model is in src/sim/.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include "cli/command.h"
 #include "model/config.h"
 #include "sim/day.h"
+#include "sim/engine_probe.h"
 #include "sim/sweep.h"
 #include "sim/unit.h"
 
@@ -80,7 +82,7 @@ void print_json(const nlohmann::json& j) { std::cout << j.dump(2) << "\n"; }
 
 struct UnitOpts {
   std::string hw = "h800", model_dir, role = "decode", overlap = "on", load_matrix;
-  int ep = 0, dp = 0, redundant = 32;
+  int ep = 0, dp = 0, redundant = 32, ranks_per_node = 0;
   double tokens_per_gpu = 16384, batch_per_gpu = 128, kv_len = 0, hit_rate = 0;
   double eplb = 1, attn = 1, mtp = -1, efficiency = 0;
   bool json = false;
@@ -108,6 +110,9 @@ void add_unit_options(CLI::App* a, UnitOpts& o) {
   a->add_option("--mtp-accept", o.mtp,
                 "decode: MTP draft tokens accepted per step, 0 = MTP off (default: 0)");
   a->add_option("--efficiency", o.efficiency, "override the fitted engine efficiency (0..1]");
+  a->add_option("--ranks-per-node", o.ranks_per_node,
+                "GPUs (ranks) per node, overriding the preset's; cpu: ranks on one host exchange through shared "
+                "memory (threads per rank: OMP_NUM_THREADS)");
   a->add_flag("--json", o.json, "print one JSON object");
 }
 
@@ -250,11 +255,37 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
   sweep->add_option("--svg", sweep_o->svg, "write the chart to FILE");
   CLI::App* cal = app.add_subcommand("calibrate", "refit the engine efficiencies to DeepSeek's published day");
   add_day_options(cal, *cal_o);
+  struct EngineOpts {
+    std::string model_dir, cases = "prefill:1x256,decode:1@128,decode:8@128,decode:32@128";
+    std::string fit;
+    std::vector<std::string> measured, check;
+    int reps = 5;
+    bool json = false;
+  };
+  auto eng_o = std::make_shared<EngineOpts>();
+  CLI::App* eng = app.add_subcommand(
+      "engine", "time the real engine here (one rank) and compare with the cpu preset's prediction");
+  eng->add_option("--model", eng_o->model_dir, "checkpoint directory to time (e.g. the bench preset)");
+  eng->add_option("--cases", eng_o->cases, "prefill:PROMPTSxLENGTH and decode:BATCH@CONTEXT, comma-separated")
+      ->capture_default_str();
+  eng->add_option("--reps", eng_o->reps, "timed repetitions per case (the best counts)")->capture_default_str();
+  eng->add_option("--fit", eng_o->fit,
+                  "refit the cpu preset's constants to these cases of the measurements (same syntax as --cases) "
+                  "and predict every case with the fit");
+  eng->add_option("--measured", eng_o->measured,
+                  "instead of timing: the measurements of an earlier `sim engine --json` (repeatable), for --fit");
+  eng->add_option("--check", eng_o->check,
+                  "earlier measurements to predict but never fit (repeatable): a configuration the fit did not see");
+  eng->add_flag("--json", eng_o->json, "print one JSON object");
 
   return Action([=]() -> int {
     if (unit->parsed()) {
       const auto cfg = load_model(unit_o->model_dir);
-      const Hardware hw = hardware_preset(unit_o->hw);
+      Hardware hw = hardware_preset(unit_o->hw);
+      if (unit_o->ranks_per_node != 0) {
+        EPS_REQUIRE(unit_o->ranks_per_node > 0, "--ranks-per-node must be positive");
+        hw.gpus_per_node = unit_o->ranks_per_node;
+      }
       const UnitResult r = simulate_unit(hw, cfg, unit_spec(*unit_o, cfg));
       if (unit_o->json) {
         auto j = r.to_json();
@@ -299,6 +330,140 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
                        {"stored", {{"prefill", now.prefill}, {"decode", now.decode}}},
                        {"targets", {{"input_tokens_per_node_s", 73.7e3}, {"output_tokens_per_node_s", 14.8e3}}}};
       print_json(j);
+      return 0;
+    }
+    if (eng->parsed()) {
+      // Measurements: this run's (--model), or earlier runs' (--measured, --check), each with the
+      // ceilings measured with it and its own model's config.
+      struct Set {
+        std::string model_dir;
+        model::ModelConfig cfg;
+        Hardware hw;
+        std::vector<EngineTiming> timings;
+        bool fit = true;  // --check sets are predicted, never fitted
+      };
+      std::vector<Set> sets;
+      auto replay = [&](const std::string& file, bool fit) {
+        std::ifstream f(file);
+        EPS_REQUIRE(bool(f), "cannot open '" + file + "'");
+        nlohmann::json prev;
+        try {
+          f >> prev;
+          Set st;
+          st.model_dir = prev.at("model");
+          st.cfg = model::ModelConfig::load(st.model_dir);
+          const auto& c = prev.at("ceilings");
+          CpuMeasurement m;
+          m.mem_gbps = c.at("read_gbps");
+          m.fma_gflops = c.at("fp32_fma_gflops");
+          m.bf16_gflops = c.at("bf16_dot_gflops");
+          m.threads = c.at("threads");
+          st.hw = cpu_preset(m);
+          st.fit = fit;
+          for (const auto& x : prev.at("cases")) {
+            EngineTiming t;
+            t.c = parse_engine_cases(x.at("spec").get<std::string>()).front();
+            t.threads = x.at("threads");
+            t.best_ms = x.at("measured_best_wall_ms");
+            t.best_cpu_ms = x.at("measured_best_cpu_ms");
+            t.median_ms = x.at("measured_median_ms");
+            t.distinct_experts = x.at("distinct_experts_per_layer");
+            st.timings.push_back(t);
+          }
+          sets.push_back(std::move(st));
+        } catch (const nlohmann::json::exception& e) {
+          throw Error("'" + file + "' is not the JSON of `epserve sim engine --json`: " + e.what());
+        }
+      };
+      for (const auto& f : eng_o->measured) replay(f, true);
+      for (const auto& f : eng_o->check) replay(f, false);
+      if (sets.empty()) {
+        EPS_REQUIRE(!eng_o->model_dir.empty(), "give --model (to measure) or --measured FILE");
+        Set st;
+        st.model_dir = eng_o->model_dir;
+        st.cfg = model::ModelConfig::load(st.model_dir);
+        const auto cases = parse_engine_cases(eng_o->cases);
+        // The ceilings are measured between the rounds too and the best kept, as the best step is:
+        // both are then what the machine does when the other processes leave it alone.
+        CpuMeasurement ceil = measure_cpu();
+        auto remeasure = [&] {
+          const CpuMeasurement m = measure_cpu();
+          ceil.mem_gbps = std::max(ceil.mem_gbps, m.mem_gbps);
+          ceil.fma_gflops = std::max(ceil.fma_gflops, m.fma_gflops);
+          ceil.bf16_gflops = std::max(ceil.bf16_gflops, m.bf16_gflops);
+        };
+        model::LoadOptions lo;
+        lo.progress = false;
+        model::Model mdl(model::ModelWeights::load(st.model_dir, lo));
+        st.timings = measure_engine(mdl, cases, eng_o->reps, kernels::Numerics::kDeepSeek, remeasure);
+        st.hw = cpu_preset(ceil);
+        sets.push_back(std::move(st));
+      }
+      nlohmann::json j;
+      std::vector<std::pair<size_t, size_t>> fitted;  // (set, timing)
+      if (!eng_o->fit.empty()) {
+        const auto specs = parse_engine_cases(eng_o->fit);
+        std::vector<FitPoint> points;
+        nlohmann::json labels = nlohmann::json::array();
+        for (size_t s = 0; s < sets.size(); ++s) {
+          if (!sets[s].fit) continue;
+          for (size_t i = 0; i < sets[s].timings.size(); ++i) {
+            const auto& t = sets[s].timings[i];
+            for (const auto& fc : specs)
+              if (t.c.role == fc.role && t.c.batch == fc.batch && t.c.length == fc.length) {
+                points.push_back({sets[s].hw, sets[s].cfg, t.c, t.measured_ms()});
+                fitted.push_back({s, i});
+                labels.push_back(sets[s].model_dir + ": " + t.c.label());
+              }
+          }
+        }
+        const CpuFit fit = fit_cpu_efficiencies(points);
+        for (auto& st : sets) fit.apply(st.hw);
+        nlohmann::json f = nlohmann::json::object();
+        for (size_t i = 0; i < fit.names.size(); ++i) f[fit.names[i]] = fit.values[i];
+        j["fit"] = {{"constants", f}, {"cases", labels}};
+      }
+      j["sets"] = nlohmann::json::array();
+      for (size_t s = 0; s < sets.size(); ++s) {
+        const auto& st = sets[s];
+        nlohmann::json o{{"model", st.model_dir},
+                         {"ceilings",
+                          {{"threads", st.hw.sms},
+                           {"read_gbps", st.hw.hbm_gbps},
+                           {"fp32_fma_gflops", st.hw.fp32_tflops * 1e3},
+                           {"bf16_dot_gflops", st.hw.fp8_tflops == st.hw.fp32_tflops ? 0.0 : st.hw.fp8_tflops * 1e3}}},
+                         {"hardware", hardware_json(st.hw)},
+                         {"cases", nlohmann::json::array()}};
+        for (size_t i = 0; i < st.timings.size(); ++i) {
+          auto c = engine_timing_json(st.timings[i], predict_engine_step_ms(st.hw, st.cfg, st.timings[i].c));
+          c["fitted"] = std::find(fitted.begin(), fitted.end(), std::pair{s, i}) != fitted.end();
+          o["cases"].push_back(c);
+        }
+        j["sets"].push_back(o);
+      }
+      // One measurement: its object at the top level (the form --measured reads back).
+      if (sets.size() == 1) {
+        auto fit = j.contains("fit") ? j["fit"] : nlohmann::json();
+        j = j["sets"][0];
+        if (!fit.is_null()) j["fit"] = fit;
+      }
+      if (eng_o->json) {
+        print_json(j);
+        return 0;
+      }
+      if (j.contains("fit")) std::printf("fitted: %s\n", j["fit"]["constants"].dump().c_str());
+      const auto all = j.contains("sets") ? j["sets"] : nlohmann::json::array({j});
+      for (const auto& o : all) {
+        const auto& c = o["ceilings"];
+        std::printf("%s: %d thread(s), read %.1f GB/s, FP32 FMA %.0f GFLOP/s, dot %.0f GFLOP/s\n",
+                    o["model"].get<std::string>().c_str(), c["threads"].get<int>(), c["read_gbps"].get<double>(),
+                    c["fp32_fma_gflops"].get<double>(), c["bf16_dot_gflops"].get<double>());
+        std::printf("  %-18s %10s %10s %9s\n", "case", "measured", "predicted", "error");
+        for (const auto& x : o["cases"])
+          std::printf("  %-18s %10.1f %10.1f %+8.1f%% %s\n", x["case"].get<std::string>().c_str(),
+                      x["measured_ms"].get<double>(), x["predicted_ms"].get<double>(), 100 * x["error"].get<double>(),
+                      x["fitted"].get<bool>() ? "fit" : "");
+      }
       return 0;
     }
     return 1;

@@ -39,6 +39,16 @@ struct Hardware {
   int gemm_row_tile = 1;         // GEMM rows are computed in multiples of this (Hopper WGMMA: 64)
 
   bool measured = false;         // the cpu preset: rates measured on this machine
+
+  // The cpu preset only: products are costed as epserve's own CPU kernels run them (src/kernels,
+  // docs/ARCHITECTURE.md "Simulator", "The cpu preset"); false on the GPU presets.
+  bool cpu_kernels = false;
+  double fp32_tflops = 0;        // FP32 FMA peak: decode kernels, BF16-weight products, attention loops
+  int decode_max_m = 8;          // products of up to this many rows stream their weights (kDecodeMaxM)
+  double decode_flop_eff = 0;    // decode kernels' multiply-adds, fraction of fp32_tflops
+  double dequant_eff = 0;        // prefill kernels: weight elements widened per 128-row block, at
+                                 // fp32_tflops * dequant_eff elements/s
+  double attn_eff = 0;           // the attention loops (src/model/mla.cpp), fraction of fp32_tflops
 };
 
 // `h800`, `h100` or `cpu` (measured here, in well under a second). Throws epserve::Error otherwise.
@@ -54,5 +64,7 @@ struct CpuMeasurement {
   int threads = 0;
 };
 CpuMeasurement measure_cpu();
+// The cpu preset for given ceilings (hardware_preset("cpu") measures them first).
+Hardware cpu_preset(const CpuMeasurement& m);
 
 }  // namespace epserve::sim

@@ -41,6 +41,25 @@ double pad_rows(double m, int tile) {
   return m <= 0 ? 0 : tile <= 1 ? m : std::ceil(m / tile - 1e-9) * tile;
 }
 
+// epserve's CPU kernels (the cpu preset): seconds for y[M,N] = x[M,K] · W[N,K]ᵀ with wb bytes per
+// weight. Decode regime (M ≤ decode_max_m): the weights stream from memory once and every widened
+// weight is multiplied with the M rows (FP32 FMA). Prefill regime: each 128×128 weight tile is widened
+// (FP8: dequantized; BF16: read) once per block of 128 activation rows, then multiplied with rows
+// padded to 16 (panels of 32 rows in two vectors, a last one of ≤ 16 in one) at the dot-product peak
+// for FP8 weights, at the FP32 FMA peak for BF16 ones. Sums, not maxima: one
+// core both loads and multiplies.
+double cpu_gemm_s(const Hardware& hw, double m, double n, double k, double wb) {
+  if (m <= 0) return 0;
+  const double fp32 = hw.fp32_tflops * 1e12;
+  if (m <= hw.decode_max_m)
+    return n * k * wb / (hw.hbm_gbps * 1e9 * hw.hbm_eff) + 2 * m * n * k / (fp32 * hw.decode_flop_eff);
+  const double blocks = std::ceil(m / 128 - 1e-9);
+  const double mult = 2 * pad_rows(m, hw.gemm_row_tile) * n * k;
+  if (wb == 1) return n * k * blocks / (fp32 * hw.dequant_eff) + mult / (hw.fp8_tflops * 1e12 * hw.gemm_eff);
+  // BF16 weights widen with a shift: their tiles cost the reading, once per block of rows.
+  return n * k * wb * blocks / (hw.hbm_gbps * 1e9 * hw.hbm_eff) + mult / (fp32 * hw.gemm_eff);
+}
+
 // One GEMM y[M,N] = x[M,K] · W[N,K]ᵀ on one GPU: roofline of the padded FLOPs at the kernel rate and
 // the bytes of weights (wb bytes each), FP8 activations in, BF16 out. Seconds; adds to flops/bytes.
 double gemm(const Ctx& x, double m, double n, double k, double wb, bool bf16, double& flops, double& bytes) {
@@ -50,6 +69,7 @@ double gemm(const Ctx& x, double m, double n, double k, double wb, bool bf16, do
   const double b = n * k * wb + m * k * (bf16 ? 2 : 1) + m * n * 2;
   flops += f;
   bytes += b;
+  if (x.hw.cpu_kernels) return cpu_gemm_s(x.hw, m, n, k, wb);
   const double rate = (bf16 ? x.hw.bf16_tflops : x.hw.fp8_tflops) * 1e12 * x.hw.gemm_eff * x.sm_frac;
   return std::max(fpad / rate, b / (x.hw.hbm_gbps * 1e9 * x.hw.hbm_eff));
 }
@@ -72,7 +92,9 @@ std::vector<StageCost> compute_stages(const Ctx& x, const Workload& w, double n,
   t = gemm(x, mt, qr / tp, d, 1, false, a0.flops, a0.bytes);
   t += gemm(x, mt, (kvr + rope) / tp, d, 1, false, a0.flops, a0.bytes);
   t += gemm(x, mt, h * (nope + rope) / tp, qr, 1, false, a0.flops, a0.bytes);
-  if (w.role == Role::decode) {
+  if (w.role == Role::decode && x.hw.cpu_kernels) {
+    // epserve's absorbed path: q̃_h = U_hᵀ qn_h in the attention loops (below, ATTN-1)
+  } else if (w.role == Role::decode) {
     // absorbed path: q̃_h = U_hᵀ qn_h, per head, BF16 (the demo dequantises kv_b to BF16)
     t += gemm(x, mt, h * kvr / tp, nope, 2, true, a0.flops, a0.bytes);
   } else {
@@ -82,7 +104,14 @@ std::vector<StageCost> compute_stages(const Ctx& x, const Workload& w, double n,
   a0.ms = t * 1e3 * w.attn_imb;
   // ATTN-1: core attention, output projection, gate.
   double core;
-  if (w.role == Role::decode) {
+  if (w.role == Role::decode && x.hw.cpu_kernels) {
+    // epserve's absorbed attention loops per query token and head: U absorb (nope·kvr), scores over
+    // the latent and rope (576·L), P·latent (512·L), V (v·kvr); all at the attention loops' rate.
+    const double f = n * 2 * (h / tp) * (nope * kvr + ((kvr + rope) + kvr) * w.kv_len + vd * kvr);
+    a1.flops += f;
+    a1.bytes += n * w.seq_per_token * w.kv_len * (kvr + rope) * 4;  // FP32 latent rows
+    core = f / (x.hw.fp32_tflops * 1e12 * x.hw.attn_eff);
+  } else if (w.role == Role::decode) {
     const double f = n * 2 * (h / tp) * ((kvr + rope) + kvr) * w.kv_len;       // QK over 576, PV over 512
     const double b = n * w.seq_per_token * w.kv_len * (kvr + rope) * 2;         // BF16 latent, once per sequence
     a1.flops += f;
@@ -95,7 +124,8 @@ std::vector<StageCost> compute_stages(const Ctx& x, const Workload& w, double n,
     const double ctx = w.kv_len * (1 + w.hit) / 2;
     const double f = n * 2 * (h / tp) * ((nope + rope) + vd) * ctx;
     a1.flops += f;
-    core = f / (x.hw.bf16_tflops * 1e12 * x.hw.attn_prefill_eff * x.sm_frac);
+    core = x.hw.cpu_kernels ? f / (x.hw.fp32_tflops * 1e12 * x.hw.attn_eff)
+                            : f / (x.hw.bf16_tflops * 1e12 * x.hw.attn_prefill_eff * x.sm_frac);
   }
   t = core + gemm(x, mt, d / tp, h * vd, 1, false, a1.flops, a1.bytes);
   if (tp > 1) t += 2 * (tp - 1) / tp * mt * d * 2 / (x.hw.nvlink_gbps * 1e9 * x.hw.nvlink_eff);  // all-reduce
@@ -121,6 +151,18 @@ std::vector<StageCost> compute_stages(const Ctx& x, const Workload& w, double n,
     mlp.bytes = touched * 3 * fi * d + rows * (d + 2 * fi * 2 + d * 2);
     const double rate = x.hw.fp8_tflops * 1e12 * x.hw.gemm_eff * x.sm_frac;
     mlp.ms = 1e3 * std::max(fpad / rate, mlp.bytes / (x.hw.hbm_gbps * 1e9 * x.hw.hbm_eff));
+    if (x.hw.cpu_kernels) {
+      // epserve's grouped expert products: a slot's rows are Poisson with the mean above; each
+      // touched slot runs gate+up (2·fi × d) and down (d × fi) on its r rows, in r's regime.
+      const double lambda = rows / w.spg;
+      double s = 0, p = std::exp(-lambda);
+      const int rmax = int(lambda + 10 * std::sqrt(lambda) + 20);
+      for (int r = 1; r <= rmax; ++r) {
+        p *= lambda / r;
+        s += p * (cpu_gemm_s(x.hw, r, 2 * fi, d, 1) + cpu_gemm_s(x.hw, r, d, fi, 1));
+      }
+      mlp.ms = 1e3 * w.spg * s;
+    }
   } else {
     // dense layer: the SwiGLU MLP, data-parallel like attention
     t = gemm(x, n, 2 * fi, d, 1, false, mlp.flops, mlp.bytes);
@@ -281,7 +323,10 @@ UnitResult simulate_unit(const Hardware& hw, const model::ModelConfig& c, const 
   const int gpn = std::max(1, hw.gpus_per_node);
   r.nodes = (spec.ep + gpn - 1) / gpn;
   r.experts_per_gpu = w.spg;
+  // The engine efficiencies stand for what DeepSeek's production engine loses against its kernels;
+  // the cpu preset's kernel efficiencies are fitted to epserve's engine itself, so it has none.
   const double eff = spec.efficiency > 0 ? spec.efficiency
+                     : hw.cpu_kernels              ? 1.0
                      : spec.role == Role::prefill ? fitted_efficiency().prefill
                                                   : fitted_efficiency().decode;
   r.efficiency = eff;
