@@ -60,10 +60,13 @@ TEST_F(CheckpointErrors, GoodCheckpointRuns) {
                         " gen-model --preset tiny --no-mtp --no-tokenizer --single-file --seed 3 --out " + single.string())
                 .exit_code, 0);
   EXPECT_TRUE(fs::exists(single / "model.safetensors"));
-  const auto r2 = run_command(epserve::testing::epserve_binary().string() + " run --model " + single.string() +
-                              " --tokens 1,2 --max-tokens 1");
-  EXPECT_EQ(r2.exit_code, 0) << r2.output;
-  EXPECT_EQ(r2.output.substr(0, r2.output.find('\n')), r.output.substr(0, r.output.find('\n')));
+  auto tokens_of = [&](const fs::path& dir) {
+    const auto out = run_command(epserve::testing::epserve_binary().string() + " run --model " + dir.string() +
+                                 " --tokens 1,2 --max-tokens 3 --ignore-eos --json 2>/dev/null");
+    EXPECT_EQ(out.exit_code, 0) << out.output;
+    return nlohmann::json::parse(out.output)["tokens"];
+  };
+  EXPECT_EQ(tokens_of(single), tokens_of(dir_));
 }
 
 TEST_F(CheckpointErrors, MissingTensor) {
