@@ -1,12 +1,46 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: build, generate the `bench`-preset checkpoint, generate from it,
-# and benchmark it against this machine's ceilings.
+# The main job on a fresh machine: build, generate the `bench`-preset checkpoint (FP8, DeepSeek-V3
+# layout, real tokenizer), generate from it offline, serve it over the OpenAI API (a chat request
+# twice: the second hits the prefix cache; a streamed completion; /metrics), and benchmark the engine
+# against this machine's measured ceilings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 bash scripts/fetch-node-deps.sh
 bash scripts/build.sh >/dev/null
-model=${EPSERVE_CACHE:-$HOME/.cache/epserve}/models/bench
-[ -f "$model/config.json" ] || ./build/epserve gen-model --preset bench --seed 1 --expert-skew 1.0 --out "$model"
-./build/epserve run --model "$model" --prompt "The expert-parallel deployment of DeepSeek-V3" --max-tokens 16 --json
-./build/epserve bench --model "$model"
+cache=${EPSERVE_CACHE:-$HOME/.cache/epserve}
+model=$cache/models/bench
+epserve=./build/epserve
+[ -f "$model/config.json" ] || $epserve gen-model --preset bench --seed 1 --expert-skew 1.0 --out "$model"
+
+echo "== offline: epserve run --prompt ... --chat"
+$epserve run --model "$model" --prompt "Explain expert parallelism in one sentence." --chat --max-tokens 16 --json
+
+echo "== serving: epserve serve (OpenAI-compatible) on a free loopback port"
+work=$(mktemp -d)
+$epserve serve --model "$model" --port 0 --port-file "$work/port" --kv-disk-dir "$work/kv" \
+  --ledger "$work/ledger.jsonl" 2> "$work/server.log" &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 600); do [ -s "$work/port" ] && break; sleep 0.5; done
+port=$(cat "$work/port")
+base=http://127.0.0.1:$port
+for _ in $(seq 1 120); do curl -sf "$base/health" >/dev/null && break; sleep 0.5; done
+long="The DeepSeek-V3 inference system serves prefill and decode in separate units. $(printf 'Routed experts are spread over many ranks. %.0s' $(seq 1 40))"
+body=$(printf '{"model": "bench", "messages": [{"role": "user", "content": "%s"}], "max_tokens": 12, "temperature": 0}' "$long")
+for attempt in first second; do
+  echo "-- chat completion ($attempt time; the second reuses the cached prefix):"
+  curl -s "$base/v1/chat/completions" -H 'Content-Type: application/json' -d "$body" |
+    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s);console.log(JSON.stringify({content:r.choices[0].message.content,usage:r.usage}))})'
+done
+echo "-- streamed completion:"
+curl -sN "$base/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"model": "bench", "prompt": "Once upon a time", "max_tokens": 8, "stream": true, "stream_options": {"include_usage": true}}' | head -c 1500
+echo
+echo "-- /metrics (excerpt):"
+curl -s "$base/metrics" | grep -E '^epserve_(requests|prompt|completion|cache)' | head -12 || true
+kill -TERM $server; wait $server || true
+trap 'rm -rf "$work"' EXIT
+
+echo "== engine benchmark: epserve bench"
+$epserve bench --model "$model"
