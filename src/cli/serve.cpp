@@ -1,4 +1,5 @@
-// `epserve serve`: the OpenAI-compatible server (router + single-rank worker) over one checkpoint.
+// `epserve serve`: the OpenAI-compatible server over one checkpoint: router + single-rank worker in
+// this process, or router + one unit of R MPI ranks (--unit-ranks R) reached over ZeroMQ.
 #include <pthread.h>
 #include <signal.h>
 
@@ -6,6 +7,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "base/error.h"
@@ -14,6 +16,7 @@
 #include "kvcache/block_hash.h"
 #include "model/weights.h"
 #include "serve/engine_worker.h"
+#include "serve/remote_unit.h"
 #include "serve/log.h"
 #include "serve/router.h"
 
@@ -30,6 +33,8 @@ struct ServeArgs {
   double kv_memory_gb = 2, kv_disk_gb = 10, request_timeout_s = 600, drain_timeout_s = 30;
   size_t max_body_bytes = 4 << 20;
   bool no_kv_disk = false;
+  int unit_ranks = 0, redundant = 0;
+  std::string placement, mpirun_args;
 };
 
 fs::path cache_root() {
@@ -60,9 +65,12 @@ int serve(const ServeArgs& a) {
     if (const char* k = std::getenv("EPSERVE_API_KEY")) api_key = k;
   const auto prices = a.prices.empty() ? serve::Prices{} : serve::Prices::load(a.prices);
 
+  EPS_REQUIRE(a.unit_ranks >= 0, "--unit-ranks must be >= 0");
   const auto t0 = std::chrono::steady_clock::now();
-  model::Model model(model::ModelWeights::load(a.model_dir));
-  const auto& c = model.config();
+  // In-process (the default): the model lives here. With --unit-ranks R it lives in the unit's ranks.
+  std::unique_ptr<model::Model> model;
+  if (a.unit_ranks == 0) model = std::make_unique<model::Model>(model::ModelWeights::load(a.model_dir));
+  const auto c = model ? model->config() : model::ModelConfig::load(a.model_dir);
   const auto tok = tokenizer::Tokenizer::load(a.model_dir);
   std::optional<tokenizer::ChatTemplate> chat;
   try {
@@ -87,7 +95,26 @@ int serve(const ServeArgs& a) {
   wo.disk = !a.no_kv_disk;
   wo.disk_dir = a.kv_disk_dir.empty() ? cache_root() / "kv" / kvcache::hash_hex(wo.model_id) : fs::path(a.kv_disk_dir);
   wo.disk_capacity_bytes = uint64_t(a.kv_disk_gb * 1e9);
-  serve::EngineWorker worker(model, wo);
+  std::unique_ptr<serve::Worker> worker_ptr;
+  if (model) {
+    worker_ptr = std::make_unique<serve::EngineWorker>(*model, wo);
+  } else {
+    // One unit of R ranks: `mpirun -n R epserve unit ...`, each rank with the KV pool and limits above.
+    serve::RemoteUnitOptions uo;
+    uo.ranks = a.unit_ranks;
+    uo.max_per_rank = a.max_running + a.max_queue;
+    uo.rank_command = {fs::read_symlink("/proc/self/exe").string(), "unit", "--model", a.model_dir, "--numerics", a.numerics,
+                       "--kv-blocks", std::to_string(wo.kv_blocks), "--step-tokens", std::to_string(a.step_tokens),
+                       "--max-running", std::to_string(a.max_running), "--max-queue", std::to_string(a.max_queue),
+                       "--max-context", std::to_string(a.max_context), "--redundant", std::to_string(a.redundant),
+                       "--kv-disk-gb", std::to_string(a.kv_disk_gb)};
+    if (wo.disk) uo.rank_command.insert(uo.rank_command.end(), {"--kv-disk-dir", wo.disk_dir.string()});
+    if (!a.placement.empty()) uo.rank_command.insert(uo.rank_command.end(), {"--placement", a.placement});
+    std::istringstream extra(a.mpirun_args);
+    for (std::string w; extra >> w;) uo.mpirun_args.push_back(w);
+    worker_ptr = std::make_unique<serve::RemoteUnit>(std::move(uo));
+  }
+  serve::Worker& worker = *worker_ptr;
 
   serve::Ledger ledger(prices, a.ledger.empty() ? cache_root() / "ledger" / (model_name + ".jsonl") : fs::path(a.ledger));
   serve::RouterOptions ro;
@@ -113,6 +140,7 @@ int serve(const ServeArgs& a) {
                                 {"model", model_name},
                                 {"load_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()},
                                 {"kv_blocks", wo.kv_blocks},
+                                {"unit_ranks", a.unit_ranks},
                                 {"max_context", worker.limits().max_context},
                                 {"kv_disk_dir", wo.disk ? wo.disk_dir.string() : ""},
                                 {"auth", !api_key.empty()},
@@ -147,6 +175,7 @@ int serve(const ServeArgs& a) {
   minute.join();
   router.stop();
   http.join();
+  worker_ptr.reset();  // a unit's ranks stop here
   serve::log_info("stopped", ledger.totals().to_json());
   return 0;
 }
@@ -176,6 +205,13 @@ const CommandRegistration registration(
       app.add_option("--drain-timeout", a->drain_timeout_s, "seconds SIGTERM waits for requests in flight")->capture_default_str();
       app.add_option("--max-body-bytes", a->max_body_bytes, "larger request bodies get 413")->capture_default_str();
       app.add_option("--http-threads", a->http_threads, "HTTP worker threads (one per open request)")->capture_default_str();
+      app.add_option("--unit-ranks", a->unit_ranks,
+                     "run the model in one unit of R MPI ranks (mpirun -n R --oversubscribe epserve unit ...), expert "
+                     "parallel, requests spread over the ranks round robin; 0: in this process")
+          ->capture_default_str();
+      app.add_option("--redundant", a->redundant, "with --unit-ranks: redundant expert slots per MoE layer")->capture_default_str();
+      app.add_option("--placement", a->placement, "with --unit-ranks: expert placement JSON (default: the even split)");
+      app.add_option("--mpirun-args", a->mpirun_args, "with --unit-ranks: more mpirun flags (e.g. '--hostfile FILE')");
       app.add_option("--prices", a->prices,
                      "JSON prices: input_cache_hit_per_million, input_cache_miss_per_million, output_per_million, "
                      "cost_per_rank_hour (defaults: DeepSeek-R1's 0.14 / 0.55 / 2.19 and $2)");

@@ -314,7 +314,7 @@ struct EngineWorker::Impl {
 
   void step() {
     auto batch = plan_with_blocks();
-    if (batch.empty()) return;
+    if (batch.empty() && !o.lockstep) return;
     std::vector<model::SequenceInput> inputs;
     int total = 0;
     for (auto& e : batch) {
@@ -329,6 +329,7 @@ struct EngineWorker::Impl {
       logits = model.forward(inputs, fo);
     } catch (const std::exception& ex) {
       log_warn("step_failed", {{"error", ex.what()}});
+      if (o.lockstep) throw;  // a unit's step failed on a peer too, or the peer is gone: fatal
       for (auto& e : batch) {
         Seq* s = e.s;
         finish(*s, FinishReason::kError, std::string("model step failed: ") + ex.what());
@@ -337,6 +338,7 @@ struct EngineWorker::Impl {
       return;
     }
     const double dt = seconds(clock_type::now() - t0);
+    if (batch.empty()) return;  // an empty lockstep step: nothing of ours ran
     ++st.steps;
     st.step_tokens += uint64_t(total);
     st.busy_s += dt;
@@ -403,7 +405,55 @@ struct EngineWorker::Impl {
     running_count = w.running;
   }
 
+  std::string fatal;  // under mu
+
+  // Ends every request with kError and stops (lockstep mode, after a failed collective).
+  void fail_all(const std::string& why) {
+    log_warn("unit_step_failed", {{"error", why}});
+    for (auto& s : running) finish(*s, FinishReason::kError, "unit failed: " + why);
+    for (auto& s : waiting) finish(*s, FinishReason::kError, "unit failed: " + why);
+    running.clear();
+    waiting.clear();
+    std::unique_lock lk(mu);
+    for (auto& s : incoming) finish(*s, FinishReason::kError, "unit failed: " + why);
+    incoming.clear();
+    fatal = why;
+    published.running = published.waiting = 0;
+    waiting_count = running_count = 0;
+    drained_cv.notify_all();
+  }
+
+  void lockstep_loop() {
+    try {
+      for (;;) {
+        bool stopping;
+        {
+          std::unique_lock lk(mu);
+          if (running.empty() && waiting.empty() && incoming.empty()) {
+            drained_cv.notify_all();
+            if (!stop) cv.wait_for(lk, o.idle_poll);
+          }
+          while (!incoming.empty()) {
+            waiting.push_back(std::move(incoming.front()));
+            incoming.pop_front();
+          }
+          stopping = stop;
+        }
+        reap();
+        admit();
+        const long all = o.lockstep(long(running.empty() ? 0 : 1) | (stopping ? 0 : 2));
+        if (all == 0) break;
+        if (all & 1) step();
+        publish();
+      }
+      publish();
+    } catch (const std::exception& ex) {
+      fail_all(ex.what());
+    }
+  }
+
   void loop() {
+    if (o.lockstep) return lockstep_loop();
     for (;;) {
       {
         std::unique_lock lk(mu);
@@ -440,7 +490,7 @@ SubmitResult EngineWorker::submit(GenerateRequest request, std::shared_ptr<Event
   s->submitted = clock_type::now();
   {
     std::lock_guard lk(impl_->mu);
-    if (impl_->draining || impl_->stop) return SubmitResult::kShuttingDown;
+    if (impl_->draining || impl_->stop || !impl_->fatal.empty()) return SubmitResult::kShuttingDown;
     if (int(impl_->incoming.size()) + impl_->waiting_count >= impl_->o.max_waiting) return SubmitResult::kQueueFull;
     impl_->incoming.push_back(std::move(s));
     ++impl_->waiting_count;  // counted until the scheduler publishes again
@@ -456,6 +506,11 @@ WorkerLimits EngineWorker::limits() const {
 WorkerStats EngineWorker::stats() const {
   std::lock_guard lk(impl_->mu);
   return impl_->published;
+}
+
+std::string EngineWorker::fatal_error() const {
+  std::lock_guard lk(impl_->mu);
+  return impl_->fatal;
 }
 
 void EngineWorker::drain(std::chrono::steady_clock::time_point deadline) {

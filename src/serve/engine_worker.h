@@ -6,6 +6,8 @@
 // request is preempted (its blocks freed, recomputed later, cached prefixes making that cheap).
 #pragma once
 #include <filesystem>
+#include <functional>
+#include <string>
 #include <memory>
 #include <thread>
 
@@ -27,6 +29,13 @@ struct EngineWorkerOptions {
   std::filesystem::path disk_dir;
   uint64_t disk_capacity_bytes = 10ull << 30;
   uint64_t model_id = 0;
+  // Lockstep across the ranks of a unit (expert parallelism): when set, every scheduler iteration
+  // calls lockstep(local) with local = (has work ? 1 : 0) | (keeps running ? 2 : 0) and gets the
+  // maximum over the ranks (an all-reduce). A rank steps when any rank has work, with an empty
+  // forward when it has none (the MoE exchanges are collective); the loop ends when every rank is
+  // stopping and none has work. Idle ranks wait `idle_poll` between all-reduces (no hot spin).
+  std::function<long(long)> lockstep;
+  std::chrono::milliseconds idle_poll{2};
 };
 
 class EngineWorker final : public Worker {
@@ -37,6 +46,9 @@ class EngineWorker final : public Worker {
   WorkerLimits limits() const override;
   WorkerStats stats() const override;
   void drain(std::chrono::steady_clock::time_point deadline) override;
+  // With lockstep: a step or the all-reduce failed (a peer died). Every request was ended with
+  // kError and the scheduler stopped; the message says why. Empty while healthy.
+  std::string fatal_error() const;
 
  private:
   struct Impl;

@@ -1,0 +1,182 @@
+// `serve --unit-ranks 2`: the router in one process, the model in a unit of two MPI ranks (expert
+// parallel, lockstep) reached over ZeroMQ. The same greedy requests give the same completions and
+// usage as the single-process server; concurrent streams complete; SIGTERM drains and stops the
+// unit (no process left); a rank killed with kill -9 ends the requests in flight with an error at
+// once, and the router goes on answering.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <future>
+#include <sstream>
+
+#include "serve/server.h"
+
+namespace epserve::testing {
+namespace {
+
+using nlohmann::json;
+using clock_type = std::chrono::steady_clock;
+
+const std::filesystem::path& model() {
+  static const auto m = generated_model("tiny");
+  return m;
+}
+
+json chat_body(const std::string& text, int max_tokens, bool stream = false) {
+  return {{"model", "tiny"},
+          {"messages", json::array({{{"role", "user"}, {"content", text}}})},
+          {"max_tokens", max_tokens},
+          {"temperature", 0},
+          {"ignore_eos", true},
+          {"stream", stream}};
+}
+
+// The router's ZeroMQ endpoint, from the server log; the unit's processes carry it in their argv.
+std::string unit_endpoint(const ServerProcess& s) {
+  std::istringstream in(s.log());
+  for (std::string line; std::getline(in, line);) {
+    const auto j = json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("event", "") == "unit_launch") return j["router"];
+  }
+  return "";
+}
+
+// Pids of the processes whose command line holds `text` (mpirun and the ranks), this test excluded.
+std::vector<int> pids_with(const std::string& text) {
+  const auto r = run_command("pgrep -f -- '" + text + "$' || true");
+  std::vector<int> out;
+  std::istringstream in(r.output);
+  for (int pid; in >> pid;)
+    if (pid != ::getpid()) out.push_back(pid);
+  return out;
+}
+
+bool wait_until_gone(const std::string& text, double timeout_s) {
+  const auto deadline = clock_type::now() + std::chrono::duration<double>(timeout_s);
+  while (clock_type::now() < deadline) {
+    if (pids_with(text).empty()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return pids_with(text).empty();
+}
+
+std::filesystem::path temp_file(const std::string& what, const std::string& text) {
+  return std::filesystem::path(::testing::TempDir()) /
+         (what + "-" + std::to_string(::getpid()) + "-" + std::to_string(std::hash<std::string>{}(text)));
+}
+
+// A streamed chat completion through curl (bounded by --max-time): the SSE body, which is also
+// written to temp_file("sse", text) as it arrives.
+std::string stream_chat(const ServerProcess& s, const std::string& text, int max_tokens, int max_time_s = 60) {
+  const auto f = temp_file("body", text), out = temp_file("sse", text);
+  std::ofstream(f) << chat_body(text, max_tokens, true).dump();
+  run_command("curl -s -N --max-time " + std::to_string(max_time_s) + " -H 'Content-Type: application/json' -d @" +
+              f.string() + " -o " + out.string() + " " + s.url() + "/v1/chat/completions");
+  return read_file(out);
+}
+
+// Waits (bounded) until the stream of `text` has delivered its first token.
+bool wait_first_token(const std::string& text, double timeout_s = 30) {
+  const auto deadline = clock_type::now() + std::chrono::duration<double>(timeout_s);
+  while (clock_type::now() < deadline) {
+    if (read_file(temp_file("sse", text)).find("\"content\"") != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+const std::vector<std::string> kPrompts = {"Hello there", "What is the capital of France? Answer briefly.",
+                                           "Write a haiku about expert parallelism", "1 2 3 4 5 6 7 8"};
+
+std::vector<json> sequential_answers(const ServerProcess& s) {
+  std::vector<json> out;
+  for (const auto& p : kPrompts) {
+    int status = 0;
+    auto j = post_json(s, "/v1/chat/completions", chat_body(p, 12), &status);
+    EXPECT_EQ(status, 200) << j.dump();
+    out.push_back({{"content", j["choices"][0]["message"]["content"]}, {"usage", j["usage"]},
+                   {"finish", j["choices"][0]["finish_reason"]}});
+  }
+  return out;
+}
+
+TEST(Unit, TwoRanksMatchSingleProcessThenDrainOnSigterm) {
+  const auto dir = scratch_dir("unit-match");
+  std::vector<json> single;
+  {
+    ServerProcess s(model(), dir / "single", "--no-kv-disk --kv-blocks 512");
+    single = sequential_answers(s);
+    EXPECT_EQ(s.stop(), 0);
+  }
+  ServerProcess s(model(), dir / "unit", "--no-kv-disk --kv-blocks 512 --unit-ranks 2");
+  const std::string endpoint = unit_endpoint(s);
+  ASSERT_FALSE(endpoint.empty()) << s.log();
+  EXPECT_EQ(pids_with(endpoint).size(), 3u) << "mpirun and two ranks";
+  const auto unit = sequential_answers(s);
+  ASSERT_EQ(unit.size(), single.size());
+  for (size_t i = 0; i < unit.size(); ++i) {
+    EXPECT_EQ(unit[i], single[i]) << kPrompts[i];
+    EXPECT_EQ(unit[i]["usage"]["completion_tokens"], 12) << unit[i].dump();
+    EXPECT_FALSE(unit[i]["content"].get<std::string>().empty()) << unit[i].dump();
+  }
+
+  // Concurrent streams, spread over both ranks.
+  std::vector<std::future<std::string>> streams;
+  for (int i = 0; i < 6; ++i)
+    streams.push_back(std::async(std::launch::async, [&, i] { return stream_chat(s, "stream " + std::to_string(i), 16); }));
+  for (auto& f : streams) {
+    const auto body = f.get();
+    EXPECT_NE(body.find("data: [DONE]"), std::string::npos) << body;
+    EXPECT_NE(body.find("\"finish_reason\":\"length\""), std::string::npos) << body;
+  }
+  const double steps = s.metric("epserve_steps_total");
+  EXPECT_TRUE(steps > 0 || steps == -1);
+
+  // SIGTERM with a stream in flight: it runs to its end, then the unit stops and nothing is left.
+  std::filesystem::remove(temp_file("sse", "drain me"));
+  auto in_flight = std::async(std::launch::async, [&] { return stream_chat(s, "drain me", 200); });
+  EXPECT_TRUE(wait_first_token("drain me"));
+  EXPECT_EQ(s.stop(60), 0) << s.log();
+  const auto body = in_flight.get();
+  EXPECT_NE(body.find("data: [DONE]"), std::string::npos) << body;
+  EXPECT_NE(body.find("\"finish_reason\":\"length\""), std::string::npos) << body;
+  EXPECT_TRUE(wait_until_gone(endpoint, 10)) << "unit processes left behind";
+}
+
+TEST(Unit, RankKilledEndsRequestsWithErrorAndRouterGoesOn) {
+  const auto dir = scratch_dir("unit-kill");
+  ServerProcess s(model(), dir, "--no-kv-disk --kv-blocks 512 --unit-ranks 2");
+  const std::string endpoint = unit_endpoint(s);
+  ASSERT_FALSE(endpoint.empty()) << s.log();
+  // Two long streams (one per rank), then kill -9 one rank while they run.
+  std::vector<std::future<std::string>> streams;
+  for (int i = 0; i < 2; ++i) {
+    std::filesystem::remove(temp_file("sse", "long " + std::to_string(i)));
+    streams.push_back(std::async(std::launch::async, [&, i] { return stream_chat(s, "long " + std::to_string(i), 4000, 90); }));
+  }
+  for (int i = 0; i < 2; ++i) EXPECT_TRUE(wait_first_token("long " + std::to_string(i)));
+  const auto ranks = pids_with("^[^ ]*epserve unit .*" + endpoint);
+  ASSERT_EQ(ranks.size(), 2u);
+  const auto killed = clock_type::now();
+  ::kill(ranks[1], SIGKILL);
+  for (auto& f : streams) {
+    ASSERT_EQ(f.wait_for(std::chrono::seconds(20)), std::future_status::ready) << "a stream hangs";
+    const auto body = f.get();
+    EXPECT_NE(body.find("unit failed"), std::string::npos) << body.substr(body.size() > 2000 ? body.size() - 2000 : 0);
+  }
+  const double took = std::chrono::duration<double>(clock_type::now() - killed).count();
+  EXPECT_LT(took, 15) << "requests ended " << took << " s after the kill";
+  std::printf("requests ended %.2f s after the kill\n", took);
+  // The router still answers: a new request is refused at once (503), health and metrics respond.
+  int status = 0;
+  const auto t0 = clock_type::now();
+  const auto j = post_json(s, "/v1/chat/completions", chat_body("after", 4), &status);
+  EXPECT_EQ(status, 503) << j.dump();
+  EXPECT_LT(std::chrono::duration<double>(clock_type::now() - t0).count(), 5);
+  EXPECT_GE(s.metric("epserve_running_requests"), 0);
+  EXPECT_TRUE(wait_until_gone(endpoint, 10)) << "unit processes left behind";
+  EXPECT_EQ(s.stop(30), 0) << s.log();
+}
+
+}  // namespace
+}  // namespace epserve::testing
