@@ -11,6 +11,9 @@
 #include "model/config.h"
 #include "sim/day.h"
 #include "sim/engine_probe.h"
+#include "dist/mpi_comm.h"
+#include "kernels/roofline.h"
+#include <chrono>
 #include "sim/sweep.h"
 #include "sim/unit.h"
 
@@ -277,6 +280,11 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
   eng->add_option("--check", eng_o->check,
                   "earlier measurements to predict but never fit (repeatable): a configuration the fit did not see");
   eng->add_flag("--json", eng_o->json, "print one JSON object");
+  auto comm_reps = std::make_shared<int>(40);
+  CLI::App* comm_cmd = app.add_subcommand(
+      "comm", "under mpirun: all-to-all time against bytes per rank; fits a latency and a bandwidth (the cpu "
+              "preset's ranks on one host)");
+  comm_cmd->add_option("--reps", *comm_reps, "exchanges per size (the fastest counts)")->capture_default_str();
 
   return Action([=]() -> int {
     if (unit->parsed()) {
@@ -332,6 +340,46 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
       print_json(j);
       return 0;
     }
+    if (comm_cmd->parsed()) {
+      EPS_REQUIRE(dist::launched_by_mpirun(), "sim comm runs under mpirun (mpirun -n 2 epserve sim comm)");
+      dist::MpiComm comm;
+      const int R = comm.size();
+      // Bytes this rank sends in all (to every rank, itself included: the runner's convention).
+      const std::vector<double> totals = {0, 8e3, 64e3, 256e3, 1e6, 4e6};
+      nlohmann::json pts = nlohmann::json::array();
+      std::vector<double> xs, ys;
+      for (double total : totals) {
+        double best = 1e30;
+        for (int r = 0; r < *comm_reps; ++r) {
+          std::vector<dist::Bytes> send(R, dist::Bytes(size_t(total / R), uint8_t(r)));
+          comm.allreduce_max(0);  // start together
+          const auto t0 = std::chrono::steady_clock::now();
+          comm.all_to_all(std::move(send));
+          const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+          best = std::min(best, double(comm.allreduce_max(long(us * 1000))) / 1000);  // the slower rank
+        }
+        pts.push_back({{"bytes_per_rank", total}, {"best_us", best}});
+        xs.push_back(total);
+        ys.push_back(best);
+      }
+      // time = latency + bytes / bandwidth, least squares on relative errors (the sizes span three
+      // orders of magnitude), over the sizes a decode or prefill step sends (8 KB to 4 MB).
+      double a11 = 0, a12 = 0, a22 = 0, b1 = 0, b2 = 0;
+      for (size_t i = 0; i < xs.size(); ++i) {
+        if (xs[i] <= 0) continue;
+        const double u = 1 / ys[i], v = xs[i] / ys[i];
+        a11 += u * u, a12 += u * v, a22 += v * v, b1 += u, b2 += v;
+      }
+      const double det = a11 * a22 - a12 * a12;
+      const double latency = (b1 * a22 - b2 * a12) / det, slope = (a11 * b2 - a12 * b1) / det;
+      if (comm.rank() == 0)
+        print_json({{"ranks", R},
+                    {"points", pts},
+                    {"latency_us", latency},
+                    {"gb_per_s", slope > 0 ? 1e-3 / slope : 0.0},
+                    {"read_gbps_one_thread", kernels::measure_read_bandwidth_gbps(size_t(128) << 20)}});
+      return 0;
+    }
     if (eng->parsed()) {
       // Measurements: this run's (--model), or earlier runs' (--measured, --check), each with the
       // ceilings measured with it and its own model's config.
@@ -351,7 +399,9 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
           f >> prev;
           Set st;
           st.model_dir = prev.at("model");
-          st.cfg = model::ModelConfig::load(st.model_dir);
+          // The config travels in the file, so that a measurement replays without its checkpoint.
+          st.cfg = prev.contains("config") ? model::ModelConfig::from_json(prev["config"], file)
+                                           : model::ModelConfig::load(st.model_dir);
           const auto& c = prev.at("ceilings");
           CpuMeasurement m;
           m.mem_gbps = c.at("read_gbps");
@@ -427,6 +477,7 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
       for (size_t s = 0; s < sets.size(); ++s) {
         const auto& st = sets[s];
         nlohmann::json o{{"model", st.model_dir},
+                         {"config", st.cfg.to_json()},
                          {"ceilings",
                           {{"threads", st.hw.sms},
                            {"read_gbps", st.hw.hbm_gbps},
