@@ -429,10 +429,10 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
       for (const auto& f : eng_o->check) replay(f, false);
       if (sets.empty()) {
         EPS_REQUIRE(!eng_o->model_dir.empty(), "give --model (to measure) or --measured FILE");
+        const auto cases = parse_engine_cases(eng_o->cases);
         Set st;
         st.model_dir = eng_o->model_dir;
         st.cfg = model::ModelConfig::load(st.model_dir);
-        const auto cases = parse_engine_cases(eng_o->cases);
         // The ceilings are measured between the rounds too and the best kept, as the best step is:
         // both are then what the machine does when the other processes leave it alone.
         CpuMeasurement ceil = measure_cpu();

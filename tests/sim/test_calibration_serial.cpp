@@ -1,6 +1,7 @@
 // Trust: the cpu preset's prediction of a single-rank engine step against the real engine, timed
 // here and now (serial: nothing else of ours runs meanwhile). The efficiencies in the preset were
-// fitted once to the 8-layer `bench` preset (docs/PERFORMANCE.md, "Simulator"); this test runs a
+// fitted once to the 8-layer `bench` preset and a 5-layer variant (docs/PERFORMANCE.md,
+// "Simulator"); this test runs a
 // configuration the fit never saw, a 3-layer `bench` architecture (1 dense + 2 MoE layers, no MTP
 // block), at batch sizes and prompt lengths partly outside the fit, with the ceilings
 // (bandwidth, FMA and dot-product peaks) measured at test time, so that it holds on whichever CPU
@@ -27,9 +28,9 @@ TEST(Calibration, CpuPresetPredictsEngineStepsOfAnUnfittedConfig) {
   // ~1.2 GB, generated once per build tree (about 30 s the first time).
   const auto model = generated_model("bench", "--set num_hidden_layers=3 --no-mtp");
   const auto out = scratch_dir("calibration") / "engine.json";
-  // Fit cases (8 layers): prefill 1x256, 2x256; decode 1, 32, 64 @128, 8 @512, 1 @1024. Here: another
-  // layer count throughout, and a prompt length (192), batch sizes (8, 16) and a context (256) the
-  // fit did not use.
+  // Fit cases (8 and 5 layers): prefill 1x256, 2x256; decode 1, 32, 64 @128, 8 @512, 1 @1024. Here:
+  // another layer count throughout, and a prompt length (192), batch sizes (8, 16) and a context
+  // (256) the fit did not use.
   const std::string cases = "prefill:1x192,decode:1@128,decode:8@256,decode:16@128,decode:32@128";
   const std::string cmd = "OMP_NUM_THREADS=1 " + epserve_binary().string() + " sim engine --model " +
                           model.string() + " --cases " + cases + " --reps 4 --json > " + out.string();
