@@ -35,7 +35,7 @@ using nlohmann::json;
 struct UnitArgs {
   std::string model_dir, router, numerics = "deepseek", placement, kv_disk_dir;
   int kv_blocks = 256, step_tokens = 256, max_running = 64, max_queue = 256, max_context = 0, redundant = 0;
-  double kv_disk_gb = 10, router_timeout_s = 10;
+  double kv_disk_gb = 10, router_timeout_s = 20;
   bool no_kv_disk = false;
 };
 

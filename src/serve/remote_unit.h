@@ -23,7 +23,7 @@ struct RemoteUnitOptions {
   std::vector<std::string> rank_command;
   std::vector<std::string> mpirun_args;  // extra mpirun flags (e.g. a hostfile)
   double start_timeout_s = 180;          // all ranks registered
-  double heartbeat_timeout_s = 5;
+  double heartbeat_timeout_s = 10;
   int max_per_rank = 256 + 64;           // requests in flight per rank (running + waiting) before 429
 };
 

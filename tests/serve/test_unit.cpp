@@ -97,6 +97,15 @@ std::vector<json> sequential_answers(const ServerProcess& s) {
     out.push_back({{"content", j["choices"][0]["message"]["content"]}, {"usage", j["usage"]},
                    {"finish", j["choices"][0]["finish_reason"]}});
   }
+  // Logprobs travel too (the same logits give the same values).
+  auto body = chat_body(kPrompts[0], 6);
+  body["logprobs"] = true;
+  body["top_logprobs"] = 3;
+  int status = 0;
+  auto j = post_json(s, "/v1/chat/completions", body, &status);
+  EXPECT_EQ(status, 200) << j.dump();
+  EXPECT_EQ(j["choices"][0]["logprobs"]["content"].size(), 6u) << j.dump();
+  out.push_back({{"logprobs", j["choices"][0]["logprobs"]}});
   return out;
 }
 
@@ -114,8 +123,8 @@ TEST(Unit, TwoRanksMatchSingleProcessThenDrainOnSigterm) {
   EXPECT_EQ(pids_with(endpoint).size(), 3u) << "mpirun and two ranks";
   const auto unit = sequential_answers(s);
   ASSERT_EQ(unit.size(), single.size());
-  for (size_t i = 0; i < unit.size(); ++i) {
-    EXPECT_EQ(unit[i], single[i]) << kPrompts[i];
+  for (size_t i = 0; i < unit.size(); ++i) EXPECT_EQ(unit[i], single[i]) << i;
+  for (size_t i = 0; i < kPrompts.size(); ++i) {
     EXPECT_EQ(unit[i]["usage"]["completion_tokens"], 12) << unit[i].dump();
     EXPECT_FALSE(unit[i]["content"].get<std::string>().empty()) << unit[i].dump();
   }
