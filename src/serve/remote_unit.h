@@ -39,7 +39,7 @@ class RemoteUnit final : public Worker {
   WorkerStats stats() const override;
   void drain(std::chrono::steady_clock::time_point deadline) override;
   // Empty while healthy; why the unit failed otherwise.
-  std::string failure() const;
+  std::string failure() const override;
   pid_t mpirun_pid() const;
 
  private:

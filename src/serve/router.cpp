@@ -432,6 +432,7 @@ struct Router::Impl {
     http.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, false); });
     http.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
       if (self->draining()) send_json(r, 503, {{"status", "draining"}});
+      else if (const auto f = worker.failure(); !f.empty()) send_json(r, 503, {{"status", "failed"}, {"detail", f}});
       else send_json(r, 200, {{"status", "ok"}, {"model", o.model_name}});
     });
     auto model_json = [this] {

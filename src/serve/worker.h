@@ -110,6 +110,8 @@ class Worker {
   // Stops admitting; requests in flight run on. drain() returns once none are left or the deadline
   // passed (then they are ended with kCancelled); afterwards the cache tier is flushed.
   virtual void drain(std::chrono::steady_clock::time_point deadline) = 0;
+  // Why the worker can serve no more (a unit whose rank died); empty while it can. /health says it.
+  virtual std::string failure() const { return {}; }
 };
 
 }  // namespace epserve::serve

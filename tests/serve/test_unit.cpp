@@ -183,6 +183,10 @@ TEST(Unit, RankKilledEndsRequestsWithErrorAndRouterGoesOn) {
   EXPECT_EQ(status, 503) << j.dump();
   EXPECT_LT(std::chrono::duration<double>(clock_type::now() - t0).count(), 5);
   EXPECT_GE(s.metric("epserve_running_requests"), 0);
+  auto health = s.client().Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 503);
+  EXPECT_NE(health->body.find("mpirun"), std::string::npos) << health->body;
   EXPECT_TRUE(wait_until_gone(endpoint, 10)) << "unit processes left behind";
   EXPECT_EQ(s.stop(30), 0) << s.log();
 }
