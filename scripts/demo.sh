@@ -35,7 +35,7 @@ for attempt in first second; do
 done
 echo "-- streamed completion:"
 curl -sN "$base/v1/completions" -H 'Content-Type: application/json' \
-  -d '{"model": "bench", "prompt": "Once upon a time", "max_tokens": 8, "stream": true, "stream_options": {"include_usage": true}}' | head -c 1500
+  -d '{"model": "bench", "prompt": "Once upon a time", "max_tokens": 4, "stream": true, "stream_options": {"include_usage": true}}'
 echo
 echo "-- /metrics (excerpt):"
 curl -s "$base/metrics" | grep -E '^epserve_(requests|prompt|completion|cache)' | head -12 || true
