@@ -191,5 +191,23 @@ TEST(Unit, RankKilledEndsRequestsWithErrorAndRouterGoesOn) {
   EXPECT_EQ(s.stop(30), 0) << s.log();
 }
 
+TEST(Unit, UnitThatCannotStartSaysWhy) {
+  const auto dir = scratch_dir("unit-bad");
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "bad.json") << "{\"layers\": {\"1\": [0, 1]}}";
+  const auto t0 = clock_type::now();
+  std::string message;
+  try {
+    ServerProcess s(model(), dir, "--no-kv-disk --kv-blocks 64 --unit-ranks 2 --placement " + (dir / "bad.json").string());
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("serve exited at start"), std::string::npos) << message;
+  EXPECT_NE(message.find("the unit did not start"), std::string::npos) << message;
+  EXPECT_NE(message.find("has no slot"), std::string::npos) << message;
+  EXPECT_LT(std::chrono::duration<double>(clock_type::now() - t0).count(), 60);
+  EXPECT_TRUE(wait_until_gone((dir / "bad.json").string() + " --router tcp://[0-9.:]*", 10)) << "unit processes left behind";
+}
+
 }  // namespace
 }  // namespace epserve::testing
