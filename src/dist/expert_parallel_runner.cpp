@@ -1,5 +1,6 @@
 #include "dist/expert_parallel_runner.h"
 
+#include <bit>
 #include <chrono>
 #include <cstring>
 
@@ -107,17 +108,19 @@ void ExpertParallelRunner::run(int layer, const model::MoeWeights& w, const mode
   // outputs are BF16 values already, so the narrowing is exact).
   auto t2 = std::chrono::steady_clock::now();
   std::vector<Bytes> reply(R);
+  const size_t reply_row_bytes = fp8 ? 2 * size_t(d) : 4 * size_t(d);
   for (int src = 0; src < R; ++src) {
     auto& b = reply[src];
-    for (const auto& [e, row] : origin[src]) {
+    b.resize(origin[src].size() * reply_row_bytes);
+    for (size_t i = 0; i < origin[src].size(); ++i) {
+      const auto [e, row] = origin[src][i];
       const float* out = &outputs[e][size_t(row) * d];
+      uint8_t* dst = b.data() + i * reply_row_bytes;
       if (fp8) {
-        for (int j = 0; j < d; ++j) {
-          const uint16_t bits = float_to_bf16(out[j]).bits;
-          append(b, &bits, 1);
-        }
+        auto* narrow = reinterpret_cast<uint16_t*>(dst);  // 2-byte aligned: rows are whole BF16 rows
+        for (int j = 0; j < d; ++j) narrow[j] = float_to_bf16(out[j]).bits;
       } else {
-        append(b, out, d);
+        std::memcpy(dst, out, reply_row_bytes);
       }
     }
     stats_.combine_bytes += long(b.size());
@@ -132,11 +135,8 @@ void ExpertParallelRunner::run(int layer, const model::MoeWeights& w, const mode
       float* target = &rows[size_t(entries[dest][i].pair) * d];
       const uint8_t* src = back[dest].data() + i * out_row_bytes;
       if (fp8) {
-        for (int j = 0; j < d; ++j) {
-          uint16_t bits;
-          std::memcpy(&bits, src + 2 * j, 2);
-          target[j] = bf16_to_float(bf16{bits});
-        }
+        const auto* wide = reinterpret_cast<const uint16_t*>(src);
+        for (int j = 0; j < d; ++j) target[j] = std::bit_cast<float>(uint32_t(wide[j]) << 16);
       } else {
         std::memcpy(target, src, 4 * size_t(d));
       }
