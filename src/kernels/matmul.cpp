@@ -138,6 +138,11 @@ struct Activations {
   // pair kp of a block holding the k of prefill panel positions 2kp, 2kp+1 (the same pairs).
   const uint32_t* xkb = nullptr;
   const float* xscale = nullptr;  // DeepSeek: [M][kb]
+  // BF16 weights with BF16 activations (matmul_bf16 in DeepSeek numerics) and AVX512-BF16: decode
+  // reads xb, the rounded rows as BF16 bits [M][Kp] (zeros past K); prefill reads xpb, BF16 pairs
+  // in k order (not permuted).
+  bool bf16x = false;
+  const uint16_t* xb = nullptr;
   // Prefill panels (32 rows, zero-padded): FP32 [panel][K][32] or BF16 pairs [panel][ceil(K/2)][32].
   const float* xp = nullptr;
   const uint32_t* xpb = nullptr;
@@ -155,6 +160,7 @@ struct Activations {
   Fp8Rows q;
   AlignedVec<float> xd, xk_store, xp_store, xps_store;
   AlignedVec<uint32_t> xpb_store, xkb_store;
+  AlignedVec<uint16_t> xb_store;
 };
 
 bool use_prefill(int M) {
@@ -367,10 +373,54 @@ void prepare_decode_blocks(Activations& a, const float* x, const uint8_t* codes)
 #endif
 }
 
+// BF16 weights, activations rounded to BF16 (matmul_bf16, DeepSeek numerics). With AVX512-BF16:
+// the rows as BF16 bits (decode) or BF16 pairs in prefill panels; otherwise the rounded rows as
+// floats through the FP32 kernels (products of two BF16 values are exact in FP32 either way).
+void prepare_bf16x(Activations& a, const float* x, bool par) {
+  const int M = a.M, K = a.K, Kp = a.Kp;
+#ifdef EPS_KERNELS_BF16DOT
+  if (!a.prefill) {
+    a.xb_store.resize(size_t(M) * Kp);
+    uint16_t* xb = a.xb_store.data();
+    for (int m = 0; m < M; ++m)
+      for (int k = 0; k < Kp; ++k) xb[size_t(m) * Kp + k] = k < K ? float_to_bf16(x[size_t(m) * K + k]).bits : 0;
+    a.xb = xb;
+    return;
+  }
+  a.panels = ceil_div(M, kPanel);
+  const int K2 = Kp / 2;
+  a.xpb_store.resize(size_t(a.panels) * K2 * kPanel);
+  uint32_t* xpb = a.xpb_store.data();
+#pragma omp parallel for schedule(static) if (par && a.panels > 1)
+  for (int p = 0; p < a.panels; ++p) {
+    uint32_t* dst = xpb + size_t(p) * K2 * kPanel;
+    for (int i = 0; i < panel_lanes(M, p); ++i) {
+      const int m = p * kPanel + i;
+      const float* row = x + size_t(m) * K;
+      for (int kp = 0; kp < K2; ++kp) {
+        uint32_t pair = 0;
+        if (m < M)
+          for (int e = 0; e < 2; ++e)
+            if (2 * kp + e < K) pair |= uint32_t(float_to_bf16(row[2 * kp + e]).bits) << (16 * e);
+        dst[size_t(kp) * kPanel + i] = pair;
+      }
+    }
+  }
+  a.xpb = xpb;
+#else
+  a.xd.resize(size_t(M) * K);
+  float* xd = a.xd.data();
+  for (size_t i = 0; i < size_t(M) * K; ++i) xd[i] = round_to_bf16(x[i]);
+  prepare_exact(a, xd, par);
+#endif
+}
+
 // par: whether to use the OpenMP threads (false when called inside a parallel region).
 void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const Fp8Rows* quantized, bool par,
-             bool fp8_weights) {
+             bool fp8_weights, bool bf16x = false) {
   a.xk = nullptr;
+  a.xb = nullptr;
+  a.bf16x = bf16x;
   a.xkb = nullptr;
   a.Kp = ceil_div(K, 64) * 64;
   a.permuted = fp8_weights;
@@ -383,6 +433,7 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
   a.kb = ceil_div(K, kQuantBlock);
   a.deepseek = deepseek;
   a.prefill = use_prefill(M);
+  if (bf16x) return prepare_bf16x(a, x, par);
   if (!deepseek) {
     if (!a.prefill) prepare_decode_blocks(a, x, nullptr);
     return prepare_exact(a, x, par);
@@ -544,12 +595,58 @@ void decode_bf16_rows(const Activations& a, const Weight& w, int n, float* y, in
     for (int m = 0; m < M; ++m) y[size_t(m) * ldy + n + r] = acc[r][m];
 }
 
+#ifdef EPS_KERNELS_BF16DOT
+inline __mmask32 first_lanes32(int n) {
+  return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
+}
+
+// BF16 weights, BF16 activations: the same structure on pairs (chain j adds the pairs j, j+16,
+// j+32, j+48 of each 128-block, as micro_bf16 does), then the tree, then block after block.
+template <int M, int R>
+void decode_bf16dot_rows(const Activations& a, const Weight& w, int n, float* y, int ldy) {
+  const int K = a.K, ldx = a.Kp;
+  const uint16_t* rows = w.bf16 + size_t(n) * K;
+  const size_t ahead = size_t(R) * K + 2048;  // in elements (2 bytes)
+  float acc[R][M] = {};
+  for (int k0 = 0; k0 < K; k0 += kQuantBlock) {
+    const int kc = std::min(kQuantBlock, K - k0);
+    __m512 part[R * M];
+    for (auto& p : part) p = _mm512_setzero_ps();
+    for (int t = 0; 32 * t < kc; ++t) {
+      const int k = k0 + 32 * t, len = kc - 32 * t;
+      for (int r = 0; r < R; ++r) {
+        const uint16_t* wr = rows + size_t(r) * K + k;
+        _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
+        const __m512bh wv = (__m512bh)(len >= 32 ? _mm512_loadu_si512(wr) : _mm512_maskz_loadu_epi16(first_lanes32(len), wr));
+        for (int m = 0; m < M; ++m) {
+          const __m512bh xv = (__m512bh)_mm512_loadu_si512(a.xb + size_t(m) * ldx + k);
+          part[r * M + m] = _mm512_dpbf16_ps(part[r * M + m], xv, wv);
+        }
+      }
+    }
+    float sum[R * M];
+    tree_sums(part, sum);
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) y[size_t(m) * ldy + n + r] = acc[r][m];
+}
+#endif
+
 template <int M>
 void decode_range_m(const Activations& a, const Weight& w, int n0, int n1, float* y, int ldy) {
   // Several weight rows at a time give independent FMA chains when M is small.
   int n = n0;
   if (w.is_bf16()) {
     constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
+#ifdef EPS_KERNELS_BF16DOT
+    if (a.xb) {
+      for (; n + R <= n1; n += R) decode_bf16dot_rows<M, R>(a, w, n, y, ldy);
+      for (; n < n1; ++n) decode_bf16dot_rows<M, 1>(a, w, n, y, ldy);
+      return;
+    }
+#endif
     for (; n + R <= n1; n += R) decode_bf16_rows<M, R>(a, w, n, y, ldy);
     for (; n < n1; ++n) decode_bf16_rows<M, 1>(a, w, n, y, ldy);
   } else {
@@ -713,6 +810,20 @@ void dequant_tile_bf16(const Weight& w, const simd::Fp8Lut& lut, int n0, int nn,
 }
 #endif
 
+#ifdef EPS_KERNELS_BF16DOT
+// BF16 weight rows [n0, n0+nn) × [k0, k0+kc) copied into wd[kNChunkPad][128] (zeros elsewhere).
+void copy_tile_bf16(const Weight& w, int n0, int nn, int k0, int kc, uint16_t* wd) {
+  for (int r = 0; r < nn; ++r) {
+    const uint16_t* src = w.bf16 + size_t(n0 + r) * w.K + k0;
+    uint16_t* dst = wd + size_t(r) * kQuantBlock;
+    for (int k = 0; k < kQuantBlock; k += 32)  // (a masked load of no lanes touches no memory)
+      _mm512_store_si512(dst + k, kc - k >= 32 ? _mm512_loadu_si512(src + k)
+                                               : _mm512_maskz_loadu_epi16(first_lanes32(kc - k), src + k));
+  }
+  std::memset(wd + size_t(nn) * kQuantBlock, 0, sizeof(uint16_t) * size_t(kNChunkPad - nn) * kQuantBlock);
+}
+#endif
+
 // Weight rows [n0, n1) (inside one 128-row scale block) × activation panels [p0, p1).
 void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0, int p1, float* y, int ldy) {
   const int kb = a.kb, nn = n1 - n0, groups = ceil_div(nn, kNr);
@@ -721,7 +832,7 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
   std::memset(ct, 0, sizeof(float) * size_t(groups) * kNr * ldc);
   [[maybe_unused]] const bool bf16dot =
 #ifdef EPS_KERNELS_BF16DOT
-      a.deepseek;
+      a.deepseek || a.bf16x;
 #else
       false;
 #endif
@@ -735,7 +846,8 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
     float ws = 1.0f;
     if (!w.is_bf16()) ws = w.scales[size_t(n0 / kQuantBlock) * kb + b];
 #ifdef EPS_KERNELS_BF16DOT
-    if (bf16dot) dequant_tile_bf16(w, lut, n0, nn, k0, kc, reinterpret_cast<uint16_t*>(wd));
+    if (bf16dot && w.is_bf16()) copy_tile_bf16(w, n0, nn, k0, kc, reinterpret_cast<uint16_t*>(wd));
+    else if (bf16dot) dequant_tile_bf16(w, lut, n0, nn, k0, kc, reinterpret_cast<uint16_t*>(wd));
     else
 #endif
       dequant_tile_f32(w, lut, n0, nn, k0, kc, wd);
@@ -760,8 +872,8 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
         if (bf16dot) {
           const uint32_t* xp = a.xpb + (size_t(p) * (a.Kp / 2) + k0 / 2) * kPanel;
           const uint16_t* wg = reinterpret_cast<const uint16_t*>(wd) + size_t(g) * kNr * kQuantBlock;
-          if (rows > 16) micro_bf16<2>(xp, wg, kc_run / 2, ctg, ldc, s);
-          else micro_bf16<1>(xp, wg, kc_run / 2, ctg, ldc, s);
+          if (rows > 16) micro_bf16<2>(xp, wg, ceil_div(kc_run, 2), ctg, ldc, s);
+          else micro_bf16<1>(xp, wg, ceil_div(kc_run, 2), ctg, ldc, s);
           continue;
         }
 #endif
@@ -869,9 +981,10 @@ void run_items(const std::vector<Job>& jobs, const std::vector<Item>& items, boo
   }
 }
 
-void matmul_one(const float* x, const Fp8Rows* quantized, int M, const Weight& w, float* y, bool deepseek) {
+void matmul_one(const float* x, const Fp8Rows* quantized, int M, const Weight& w, float* y, bool deepseek,
+                bool bf16x = false) {
   thread_local Activations a;  // buffers reused by the next call from this thread
-  prepare(a, x, M, w.K, deepseek, quantized, true, !w.is_bf16());
+  prepare(a, x, M, w.K, deepseek, quantized, true, !w.is_bf16(), bf16x);
   const int threads = omp_get_max_threads();
   std::vector<Job> jobs{{&a, w, y}};
   std::vector<Item> items;
@@ -949,9 +1062,9 @@ void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode) {
   run_items(jobs, items, true);
 }
 
-void matmul_bf16(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y) {
+void matmul_bf16(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y, Numerics mode) {
   EPS_REQUIRE(x.size() >= size_t(M) * w.cols && y.size() >= size_t(M) * w.rows, "matmul_bf16: buffer too small");
-  matmul_one(x.data(), nullptr, M, view(w), y.data(), false);
+  matmul_one(x.data(), nullptr, M, view(w), y.data(), false, mode == Numerics::kDeepSeek);
 }
 
 }  // namespace epserve::kernels

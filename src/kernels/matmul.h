@@ -66,13 +66,20 @@ struct Fp8MatmulTask {
 };
 void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode);
 
-// y[M, w.rows] = x[M, w.cols] · wᵀ with BF16 weights, FP32 activations and accumulation.
-void matmul_bf16(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y);
+// y[M, w.rows] = x[M, w.cols] · wᵀ with BF16 weights and FP32 accumulation, FP32 outputs.
+// - Numerics::kExact: FP32 activations (FP32 FMAs).
+// - Numerics::kDeepSeek: the activations rounded to BF16 first (a no-op where they already are
+//   BF16 values, as the lm_head's input is in DeepSeek numerics), so every product is exact in FP32
+//   and the kernels may use vdpbf16ps (AVX512-BF16: twice the FMA rate); only the order of the FP32
+//   additions differs from the twin (and vdpbf16ps flushes FP32-subnormal inputs and results to 0).
+void matmul_bf16(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y,
+                 Numerics mode = Numerics::kExact);
 
 // Scalar twins: plain loops, the same numerics, no threads.
 void quantize_rows_fp8_reference(std::span<const float> x, int rows, int cols, Fp8Rows& out);
 void matmul_fp8_reference(std::span<const float> x, int M, const Fp8Matrix& w, std::span<float> y,
                           Numerics mode);
-void matmul_bf16_reference(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y);
+void matmul_bf16_reference(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y,
+                           Numerics mode = Numerics::kExact);
 
 }  // namespace epserve::kernels

@@ -55,12 +55,18 @@ void matmul_fp8_reference(std::span<const float> x, int M, const Fp8Matrix& w, s
   }
 }
 
-void matmul_bf16_reference(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y) {
+void matmul_bf16_reference(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y,
+                           Numerics mode) {
   const int N = w.rows, K = w.cols;
+  EPS_REQUIRE(x.size() >= size_t(M) * K && y.size() >= size_t(M) * N, "matmul_bf16: buffer too small");
+  const bool deepseek = mode == Numerics::kDeepSeek;
   for (int m = 0; m < M; ++m)
     for (int n = 0; n < N; ++n) {
       float acc = 0;
-      for (int k = 0; k < K; ++k) acc += x[size_t(m) * K + k] * bf16_to_float(w.values[size_t(n) * K + k]);
+      for (int k = 0; k < K; ++k) {
+        const float xv = deepseek ? round_to_bf16(x[size_t(m) * K + k]) : x[size_t(m) * K + k];
+        acc += xv * bf16_to_float(w.values[size_t(n) * K + k]);  // DeepSeek: an exact product
+      }
       y[size_t(m) * N + n] = acc;
     }
 }

@@ -400,6 +400,47 @@ TEST(Kernels, MatmulBf16AgainstFp64AndTwin) {
     }
 }
 
+// DeepSeek numerics (BF16 activations, vdpbf16ps where available): the activations rounded to
+// BF16, every product exact in FP32, so fast and twin differ only in the order of their FP32 sums:
+// each within γ·Σ|x̂·w| of the FP64 value of the same products (x̂ the rounded activations).
+TEST(Kernels, MatmulBf16DeepSeekAgainstFp64AndTwin) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd;
+  std::uniform_real_distribution<float> e(-10, 10);
+  std::vector<int> Ks(std::begin(kKs), std::end(kKs));
+  for (int K : {1, 33, 257, 1000}) Ks.push_back(K);  // odd lengths: a half-filled last BF16 pair
+  for (int K : Ks)
+    for (int N : kNs) {
+      std::vector<bf16> wv(size_t(N) * K);
+      for (auto& v : wv) v = float_to_bf16(nd(rng) * std::exp2(e(rng)));
+      const Bf16Matrix w{wv, N, K};
+      for (int M : kMs) {
+        SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K));
+        auto x = make_x(M, K, rng);
+        if (M % 2) for (auto& v : x) v = round_to_bf16(v);  // already BF16 (the lm_head's case) or not
+        std::vector<float> fast(size_t(M) * N, NAN), twin(size_t(M) * N, NAN);
+        matmul_bf16(x, M, w, fast, Numerics::kDeepSeek);
+        matmul_bf16_reference(x, M, w, twin, Numerics::kDeepSeek);
+        const double g = gamma_fast(K) + K / 16 * kU;
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < N; ++n) {
+            double y64 = 0, mag = 0;
+            for (int k = 0; k < K; ++k) {
+              const double p = double(round_to_bf16(x[size_t(m) * K + k])) * bf16_to_float(wv[size_t(n) * K + k]);
+              y64 += p;
+              mag += std::fabs(p);
+            }
+            const size_t i = size_t(m) * N + n;
+            ASSERT_LE(std::fabs(fast[i] - y64), g * mag) << "fast at " << i;
+            ASSERT_LE(std::fabs(twin[i] - y64), K * kU * mag) << "twin at " << i;
+            ASSERT_LE(std::fabs(fast[i] - twin[i]), (g + K * kU) * mag) << "fast vs twin at " << i;
+          }
+      }
+    }
+}
+
 }  // namespace
 
 namespace {
@@ -415,7 +456,7 @@ TEST(Kernels, RowResultsDoNotDependOnBatch) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd;
-  for (const auto& [N, K] : {std::pair{200, 100}, std::pair{256, 384}, std::pair{130, 1000}, std::pair{48, 2000}}) {
+  for (const auto& [N, K] : {std::pair{200, 100}, std::pair{256, 384}, std::pair{130, 1000}, std::pair{48, 2000}, std::pair{70, 257}}) {
     const Weight w = make_weight(N, K, rng);
     std::vector<bf16> bv(size_t(N) * K);
     for (auto& v : bv) v = float_to_bf16(nd(rng) * 0.05f);
@@ -461,6 +502,10 @@ TEST(Kernels, RowResultsDoNotDependOnBatch) {
         matmul_bf16(row, 1, wb, alone);
         matmul_bf16(x, M, wb, batch);
         check(alone, batch, "matmul_bf16");
+        std::vector<float> alone_d(N, NAN), batch_d(size_t(M) * N, NAN);
+        matmul_bf16(row, 1, wb, alone_d, Numerics::kDeepSeek);
+        matmul_bf16(x, M, wb, batch_d, Numerics::kDeepSeek);
+        check(alone_d, batch_d, "matmul_bf16 deepseek");
       }
     }
   }
