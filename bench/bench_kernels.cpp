@@ -123,13 +123,18 @@ int main(int argc, char** argv) {
   }
   {
     Bf16Weight lm(129280, 1024, rng);  // 265 MB: every call streams from memory
-    for (int M : {1, 4, 8}) {
-      const auto x = random_x(size_t(M) * 1024, rng);
-      std::vector<float> y(size_t(M) * 129280);
-      const double t = time_call([&] { matmul_bf16(x, M, lm.m, y); }, 1.0, 5);
-      const double gbs = 129280.0 * 1024 * 2 / t * 1e-9;
-      std::printf("%-26s %-9s %3d %10.1f %9.1f %6.2f\n", "lm_head bf16 [129280,1024]", "-", M, t * 1e6, gbs, gbs / roof.read_gbps);
-    }
+    // exact: FP32 activations (FP32 FMAs); deepseek: BF16 activations (vdpbf16ps), as the model's
+    // lm_head in DeepSeek numerics. M = 32 runs the prefill kernel (32 sequences decoding).
+    for (auto mode : {Numerics::kExact, Numerics::kDeepSeek})
+      for (int M : {1, 4, 8, 32}) {
+        if (quick && M == 4) continue;
+        const auto x = random_x(size_t(M) * 1024, rng);
+        std::vector<float> y(size_t(M) * 129280);
+        const double t = time_call([&] { matmul_bf16(x, M, lm.m, y, mode); }, 1.0, 5);
+        const double gbs = 129280.0 * 1024 * 2 / t * 1e-9;
+        std::printf("%-26s %-9s %3d %10.1f %9.1f %6.2f\n", "lm_head bf16 [129280,1024]", mode_name(mode), M, t * 1e6, gbs,
+                    gbs / roof.read_gbps);
+      }
 
     // ---- prefill
     std::printf("\n== prefill: GFLOP/s (fraction of the FMA peak for exact/BF16, of the BF16 dot peak for deepseek)\n");
@@ -154,10 +159,12 @@ int main(int argc, char** argv) {
       const int M = 128;
       const auto x = random_x(size_t(M) * 1024, rng);
       std::vector<float> y(size_t(M) * 129280);
-      const double t = time_call([&] { matmul_bf16(x, M, lm.m, y); }, 1.0, 3);
-      const double gf = 2.0 * M * 129280 * 1024 / t * 1e-9;
-      std::printf("%-26s %-9s %5d %10.2f %9.1f %6.2f\n", "lm_head bf16 [129280,1024]", "-", M, t * 1e3, gf,
-                  gf / roof.fp32_fma_gflops);
+      for (auto mode : {Numerics::kExact, Numerics::kDeepSeek}) {
+        const double t = time_call([&] { matmul_bf16(x, M, lm.m, y, mode); }, 1.0, 3);
+        const double gf = 2.0 * M * 129280 * 1024 / t * 1e-9;
+        std::printf("%-26s %-9s %5d %10.2f %9.1f %6.2f\n", "lm_head bf16 [129280,1024]", mode_name(mode), M, t * 1e3, gf,
+                    gf / (mode == Numerics::kExact ? roof.fp32_fma_gflops : bf16_peak));
+      }
     }
   }
 
