@@ -81,16 +81,22 @@ void TextAssembler::route(const std::string& text, bool final, TextPiece& out) {
       mode_ = Mode::kContent;
       continue;
     }
+    if (mode_ == Mode::kAfterReasoning) {
+      // DeepSeek's answers put a blank line after </think>; the content starts after it (the
+      // newlines may come in later tokens than the tag).
+      const size_t lead = route_held_.find_first_not_of("\n");
+      route_held_.erase(0, lead == std::string::npos ? route_held_.size() : lead);
+      if (route_held_.empty() && !final) return;
+      mode_ = Mode::kContent;
+      continue;
+    }
     // kReasoning
     const std::string close = kClose;
     const size_t at = route_held_.find(close);
     if (at != std::string::npos) {
       out.reasoning += route_held_.substr(0, at);
       route_held_.erase(0, at + close.size());
-      // DeepSeek's answers put a blank line after </think>; the content starts after it.
-      const size_t lead = route_held_.find_first_not_of("\n");
-      route_held_.erase(0, lead == std::string::npos ? route_held_.size() : lead);
-      mode_ = Mode::kContent;
+      mode_ = Mode::kAfterReasoning;
       continue;
     }
     const size_t keep = final ? 0 : partial_suffix(route_held_, close);

@@ -33,7 +33,7 @@ class TextAssembler {
   std::vector<std::string> stops_;
   std::string held_;        // decoded, not yet checked against the stop sequences
   std::string route_held_;  // checked, waiting for the reasoning split to decide
-  enum class Mode { kDetect, kReasoning, kContent } mode_;
+  enum class Mode { kDetect, kReasoning, kAfterReasoning, kContent } mode_;
   bool stopped_ = false;
 };
 
