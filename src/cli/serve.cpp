@@ -201,7 +201,7 @@ const CommandRegistration registration(
       app.add_option("--max-queue", a->max_queue, "requests waiting for admission; more get 429")->capture_default_str();
       app.add_option("--max-context", a->max_context, "prompt + output tokens per request (default: the model's)");
       app.add_option("--default-max-tokens", a->default_max_tokens, "output tokens when a request sets no max_tokens")->capture_default_str();
-      app.add_option("--request-timeout", a->request_timeout_s, "seconds a request may take in all")->capture_default_str();
+      app.add_option("--request-timeout", a->request_timeout_s, "seconds a request may take in all, queue included; then it ends with finish_reason \"length\" and finish_details {type: \"timeout\"}")->capture_default_str();
       app.add_option("--drain-timeout", a->drain_timeout_s, "seconds SIGTERM waits for requests in flight")->capture_default_str();
       app.add_option("--max-body-bytes", a->max_body_bytes, "larger request bodies get 413")->capture_default_str();
       app.add_option("--http-threads", a->http_threads, "HTTP worker threads (one per open request)")->capture_default_str();

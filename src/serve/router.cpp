@@ -1,8 +1,14 @@
 #include "serve/router.h"
 
+#include <dirent.h>
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <random>
 
 #include "base/error.h"
@@ -46,6 +52,56 @@ std::string random_id(const char* prefix) {
   return std::string(prefix) + buf;
 }
 
+// cpp-httplib 0.11 gives a plain handler no access to its connection. The request does carry both
+// ends' addresses, which name one TCP connection, so the handler finds its socket among the
+// process's descriptors (the socket stays open until the handler returns). -1 when not found.
+bool socket_address(const sockaddr_storage& a, socklen_t len, std::string& ip, int& port) {
+  if (a.ss_family == AF_INET) port = ntohs(reinterpret_cast<const sockaddr_in*>(&a)->sin_port);
+  else if (a.ss_family == AF_INET6) port = ntohs(reinterpret_cast<const sockaddr_in6*>(&a)->sin6_port);
+  else return false;
+  char host[NI_MAXHOST];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&a), len, host, sizeof host, nullptr, 0, NI_NUMERICHOST) != 0) return false;
+  ip = host;
+  return true;
+}
+
+int find_client_socket(const httplib::Request& req) {
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) return -1;
+  int found = -1;
+  while (const dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    const long fd = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || fd == ::dirfd(d)) continue;
+    sockaddr_storage peer{}, local{};
+    socklen_t pl = sizeof peer, ll = sizeof local;
+    if (::getpeername(int(fd), reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;  // not a connected socket
+    std::string ip;
+    int port = -1;
+    if (!socket_address(peer, pl, ip, port) || port != req.remote_port || ip != req.remote_addr) continue;
+    if (::getsockname(int(fd), reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
+    if (!socket_address(local, ll, ip, port) || port != req.local_port || ip != req.local_addr) continue;
+    found = int(fd);
+    break;
+  }
+  ::closedir(d);
+  return found;
+}
+
+// True once the peer has closed or reset the connection. A client waiting for its response sends
+// nothing, so readable-with-no-bytes (EOF), a hang-up or an error all mean that it left.
+bool client_gone(int fd) {
+  pollfd p{fd, short(POLLIN | POLLRDHUP), 0};
+  if (::poll(&p, 1, 0) <= 0) return false;
+  if (p.revents & (POLLHUP | POLLERR | POLLNVAL | POLLRDHUP)) return true;
+  if (p.revents & POLLIN) {
+    char c;
+    const ssize_t n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+  }
+  return false;
+}
+
 std::string sse(const json& j) { return "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n"; }
 
 }  // namespace
@@ -79,6 +135,7 @@ struct Router::Impl {
     int completion_tokens = 0;
     std::string finish_reason;
     std::string error;  // the worker failed the request
+    bool timed_out = false;  // ended by the server's request timeout (finish_reason "length" + finish_details)
     RequestStats stats;
     bool finished = false, stopped = false, recorded = false, sent_role = false, done_sent = false;
     json logprob_items = json::array();  // chat: content items; completions: built at the end
@@ -124,7 +181,10 @@ struct Router::Impl {
             case FinishReason::kError: finish_reason = "error"; error = e.error.empty() ? "generation failed" : e.error; break;
             default: finish_reason = "length"; break;  // max_tokens, context, timeout, server shutdown
           }
-          if (e.finish == FinishReason::kTimeout) error = "";
+          if (e.finish == FinishReason::kTimeout) {
+            timed_out = true;
+            log_info("request_timeout", {{"id", id}, {"timeout_s", r->o.request_timeout_s}, {"completion_tokens", completion_tokens}});
+          }
         }
       }
       content += piece.content;
@@ -140,6 +200,17 @@ struct Router::Impl {
               {"prompt_tokens_details", {{"cached_tokens", cached}}},
               {"prompt_cache_hit_tokens", cached},
               {"prompt_cache_miss_tokens", int(prompt.size()) - cached}};
+    }
+
+    // With finish_reason "length" when the server's request timeout ended the request (not
+    // max_tokens or the context): says so, so that a client can tell a cut answer from a full one.
+    void add_finish_details(json& choice) const {
+      if (!timed_out) return;
+      char secs[32];
+      std::snprintf(secs, sizeof secs, "%g", r->o.request_timeout_s);
+      choice["finish_details"] = {{"type", "timeout"},
+                                  {"message", std::string("the request reached the server's request timeout (") + secs +
+                                                  " s); the output is cut short"}};
     }
 
     json completion_logprobs() const {
@@ -166,6 +237,7 @@ struct Router::Impl {
         choice = {{"index", 0}, {"text", content}, {"logprobs", api.logprobs ? completion_logprobs() : json(nullptr)},
                   {"finish_reason", finish_reason}};
       }
+      add_finish_details(choice);
       return {{"id", id},
               {"object", api.chat ? "chat.completion" : "text_completion"},
               {"created", created},
@@ -227,6 +299,7 @@ struct Router::Impl {
       } else {
         json last = api.chat ? json{{"index", 0}, {"delta", json::object()}, {"logprobs", nullptr}, {"finish_reason", finish_reason}}
                              : json{{"index", 0}, {"text", ""}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+        add_finish_details(last);
         out += sse(chunk(last));
         if (api.include_usage) {
           json u = chunk(nullptr);
@@ -246,7 +319,7 @@ struct Router::Impl {
       l.id = id;
       l.endpoint = api.chat ? "chat" : "completions";
       l.status = status;
-      l.finish_reason = finish_reason.empty() ? "cancelled" : finish_reason;
+      l.finish_reason = finish_reason.empty() ? "cancelled" : timed_out ? "timeout" : finish_reason;
       l.prompt_tokens = int(prompt.size());
       l.cached_tokens = std::min(stats.cached_tokens, int(prompt.size()));
       l.completion_tokens = completion_tokens;
@@ -325,6 +398,18 @@ struct Router::Impl {
     return s;
   }
 
+  // The client went away before its response was complete: the worker ends the request and frees
+  // its KV blocks; the ledger records it with status 499.
+  void client_left(Session& s) {
+    s.events->cancel();
+    log_info("client_disconnected", {{"id", s.id}, {"stream", s.api.stream}, {"completion_tokens", s.completion_tokens}});
+    // Collect the worker's last event (briefly) so that the ledger has its figures.
+    for (int i = 0; i < 50 && !s.finished; ++i)
+      for (auto& e : s.events->pop_all(std::chrono::milliseconds(100))) s.apply(e);
+    s.finish_reason.clear();  // recorded as "cancelled"
+    s.record(499);
+  }
+
   void generate(const httplib::Request& req, httplib::Response& res, bool chat) {
     std::shared_ptr<Session> s;
     try {
@@ -335,9 +420,19 @@ struct Router::Impl {
     }
     ++self->in_flight_;
     if (!s->api.stream) {
-      // Waits for the end (bounded by the worker's request timeout, which ends the request).
-      while (!s->finished)
-        for (auto& e : s->events->pop_all(std::chrono::milliseconds(200))) s->apply(e);
+      // Waits for the end (bounded by the worker's request timeout, which ends the request),
+      // watching the client's connection: a client that hangs up cancels its request.
+      const int fd = find_client_socket(req);
+      if (fd < 0) log_warn("client_socket_not_found", {{"id", s->id}});
+      while (!s->finished) {
+        for (auto& e : s->events->pop_all(std::chrono::milliseconds(100))) s->apply(e);
+        if (!s->finished && fd >= 0 && client_gone(fd)) {
+          client_left(*s);
+          --self->in_flight_;
+          send_error(res, ApiError(499, "the client closed the connection", "invalid_request_error", "", "client_disconnected"));
+          return;
+        }
+      }
       --self->in_flight_;
       if (!s->error.empty()) {
         s->record(500);
@@ -371,12 +466,7 @@ struct Router::Impl {
         },
         [this, s](bool success) {
           if (!s->done_sent) {
-            s->events->cancel();  // the client went away: the worker frees its blocks
-            log_info("client_disconnected", {{"id", s->id}});
-            // Collect the worker's last event (briefly) so that the ledger has its figures.
-            for (int i = 0; i < 50 && !s->finished; ++i)
-              for (auto& e : s->events->pop_all(std::chrono::milliseconds(100))) s->apply(e);
-            s->record(499);
+            client_left(*s);
           } else {
             s->record(s->error.empty() ? 200 : 500);
           }

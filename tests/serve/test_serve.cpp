@@ -97,6 +97,7 @@ TEST(Serve, CurlChatCompletionsStreamingAndMetrics) {
   EXPECT_EQ(c["object"], "chat.completion");
   EXPECT_EQ(c["choices"][0]["message"]["role"], "assistant");
   EXPECT_EQ(c["choices"][0]["finish_reason"], "length");
+  EXPECT_FALSE(c["choices"][0].contains("finish_details"));  // max_tokens, not a timeout
   const int prompt_tokens = count_prompt_tokens(text, dir);
   EXPECT_EQ(c["usage"]["prompt_tokens"], prompt_tokens);
   EXPECT_EQ(c["usage"]["completion_tokens"], 8);
@@ -411,6 +412,102 @@ TEST(Serve, DisconnectedClientCancelsAndFreesBlocks) {
   EXPECT_LT(s.metric("epserve_completion_tokens_total"), 2000);
   EXPECT_EQ(s.stop(), 0);
   EXPECT_NE(read_file(dir / "ledger.jsonl").find("\"status\":499"), std::string::npos);
+}
+
+// A non-streaming client that hangs up: the handler watches its connection while it waits for the
+// worker, cancels the request (ledger status 499, finish "cancelled") and the KV blocks come back.
+TEST(Serve, NonStreamingDisconnectCancelsAndFreesBlocks) {
+  const auto dir = scratch_dir("serve-disconnect-plain");
+  ServerProcess s(model(), dir, "--no-kv-disk");
+  std::string prompt;
+  for (int i = 0; i < 50; ++i) prompt += "long prompt to hold blocks ";
+  const json body = {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 20000}, {"ignore_eos", true}};
+  // On a raw socket: the request runs and holds blocks, then the client closes.
+  const int fd = open_stream(s, body);
+  ASSERT_GE(fd, 0);
+  for (int i = 0; i < 1500 && s.metric("epserve_running_requests") != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_EQ(s.metric("epserve_running_requests"), 1) << s.log();
+  for (int i = 0; i < 500 && !(s.metric("epserve_kv_blocks_used") > s.metric("epserve_prefix_cache_blocks")); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_GT(s.metric("epserve_kv_blocks_used"), s.metric("epserve_prefix_cache_blocks"));
+  ::close(fd);
+  expect_no_leaked_blocks(s);
+  // With curl giving up after a second.
+  const auto r = run_command("curl -s --max-time 1 -H 'Content-Type: application/json' -d " +
+                             shell_quote(json{{"model", "tiny"}, {"messages", json::array({{{"role", "user"}, {"content", prompt}}})},
+                                              {"max_tokens", 20000}, {"ignore_eos", true}}.dump()) +
+                             " " + s.url() + "/v1/chat/completions");
+  EXPECT_EQ(r.exit_code, 28) << r.output;  // curl's "operation timed out"
+  expect_no_leaked_blocks(s);
+  EXPECT_LT(s.metric("epserve_completion_tokens_total"), 10000);  // far from the 2 × 20000 asked for
+  // Both were noticed, and the server goes on serving.
+  for (int i = 0; i < 250 && s.metric("epserve_requests_total") < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(s.metric("epserve_requests_total"), 2);
+  int status;
+  const json ok = post_json(s, "/v1/completions", {{"model", "tiny"}, {"prompt", "still here"}, {"max_tokens", 2}}, &status);
+  EXPECT_EQ(status, 200) << ok.dump();
+  EXPECT_EQ(s.stop(), 0);
+  const std::string log = s.log();
+  size_t disconnects = 0;
+  for (size_t at = 0; (at = log.find("\"client_disconnected\"", at)) != std::string::npos; ++at) ++disconnects;
+  EXPECT_EQ(disconnects, 2u) << log;
+  int cancelled = 0;
+  std::ifstream in(dir / "ledger.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const json l = json::parse(line);
+    if (l["type"] != "request" || l["status"] != 499) continue;
+    ++cancelled;
+    EXPECT_EQ(l["finish_reason"], "cancelled");
+    EXPECT_LT(l["completion_tokens"].get<int>(), 20000);
+  }
+  EXPECT_EQ(cancelled, 2);
+}
+
+// --request-timeout: the request ends with what it has, finish_reason "length", and
+// finish_details {type: "timeout"} on the choice (plain and streamed); the ledger says "timeout".
+TEST(Serve, RequestTimeoutEndsWithLengthAndFinishDetails) {
+  const auto dir = scratch_dir("serve-timeout");
+  ServerProcess s(model(), dir, "--no-kv-disk --request-timeout 0.3");
+  const json body = {{"model", "tiny"}, {"prompt", "Tell me a long story"}, {"max_tokens", 20000}, {"ignore_eos", true}};
+  int status;
+  const json plain = post_json(s, "/v1/completions", body, &status);
+  ASSERT_EQ(status, 200) << plain.dump();
+  const json& choice = plain["choices"][0];
+  EXPECT_EQ(choice["finish_reason"], "length");
+  ASSERT_TRUE(choice.contains("finish_details")) << plain.dump();
+  EXPECT_EQ(choice["finish_details"]["type"], "timeout");
+  EXPECT_NE(choice["finish_details"]["message"].get<std::string>().find("0.3 s"), std::string::npos);
+  EXPECT_LT(plain["usage"]["completion_tokens"].get<int>(), 20000);
+  EXPECT_EQ(plain["usage"]["completion_tokens"].get<int>() + plain["usage"]["prompt_tokens"].get<int>(),
+            plain["usage"]["total_tokens"].get<int>());
+
+  json chat = chat_body("Tell me a long story", 20000, true);
+  chat["stream_options"] = {{"include_usage", true}};
+  auto r = s.client().Post("/v1/chat/completions", chat.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  const auto ev = sse_events(r->body);
+  ASSERT_GE(ev.size(), 3u) << r->body;
+  EXPECT_EQ(ev.back(), "[DONE]");
+  const json& last = ev[ev.size() - 3]["choices"][0];
+  EXPECT_EQ(last["finish_reason"], "length");
+  EXPECT_EQ(last["finish_details"]["type"], "timeout");
+  EXPECT_LT(ev[ev.size() - 2]["usage"]["completion_tokens"].get<int>(), 20000);
+  expect_no_leaked_blocks(s);
+  EXPECT_EQ(s.stop(), 0);
+  int timeouts = 0;
+  std::ifstream in(dir / "ledger.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const json l = json::parse(line);
+    if (l["type"] == "request") {
+      EXPECT_EQ(l["finish_reason"], "timeout");
+      EXPECT_EQ(l["status"], 200);
+      ++timeouts;
+    }
+  }
+  EXPECT_EQ(timeouts, 2);
 }
 
 TEST(Serve, ApiKeyAndQueueLimit) {
