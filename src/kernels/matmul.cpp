@@ -377,7 +377,8 @@ void prepare_decode_blocks(Activations& a, const float* x, const uint8_t* codes)
 // the rows as BF16 bits (decode) or BF16 pairs in prefill panels; otherwise the rounded rows as
 // floats through the FP32 kernels (products of two BF16 values are exact in FP32 either way).
 void prepare_bf16x(Activations& a, const float* x, bool par) {
-  const int M = a.M, K = a.K, Kp = a.Kp;
+  const int M = a.M, K = a.K;
+  [[maybe_unused]] const int Kp = a.Kp;  // (the AVX512-BF16 layouts)
 #ifdef EPS_KERNELS_BF16DOT
   if (!a.prefill) {
     a.xb_store.resize(size_t(M) * Kp);
