@@ -108,9 +108,7 @@ std::vector<float> Model::forward(std::span<const SequenceInput> batch, const Fo
   std::vector<float> logits(rows.size() * size_t(c.vocab_size));
   {
     Stopwatch sw(profile_.lm_head);
-    // DeepSeek numerics: `selected` holds BF16 values (rounded above), so the BF16-activation
-    // kernel (vdpbf16ps) computes exact products; exact numerics keep FP32 activations.
-    kernels::matmul_bf16(selected, int(rows.size()), weights_.lm_head, logits, mode);
+    kernels::matmul_bf16(selected, int(rows.size()), weights_.lm_head, logits);
   }
   return logits;
 }
