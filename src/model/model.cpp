@@ -108,7 +108,7 @@ std::vector<float> Model::forward(std::span<const SequenceInput> batch, const Fo
   std::vector<float> logits(rows.size() * size_t(c.vocab_size));
   {
     Stopwatch sw(profile_.lm_head);
-    kernels::matmul_bf16(selected, int(rows.size()), weights_.lm_head, logits);
+    kernels::matmul_bf16(selected, int(rows.size()), weights_.lm_head, logits, mode);
   }
   return logits;
 }

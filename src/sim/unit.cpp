@@ -48,28 +48,32 @@ double pad_rows(double m, int tile) {
 // padded to 16 (panels of 32 rows in two vectors, a last one of ≤ 16 in one) at the dot-product peak
 // for FP8 weights, at the FP32 FMA peak for BF16 ones. Sums, not maxima: one
 // core both loads and multiplies.
-double cpu_gemm_s(const Hardware& hw, double m, double n, double k, double wb) {
+// bf16_acts: BF16 weights times BF16 activations (the lm_head in DeepSeek numerics), whose products
+// run as BF16 dot products (vdpbf16ps) where the CPU has them: at the dot rate, like FP8 weights.
+double cpu_gemm_s(const Hardware& hw, double m, double n, double k, double wb, bool bf16_acts = false) {
   if (m <= 0) return 0;
   const double fp32 = hw.fp32_tflops * 1e12;
+  const double mult_rate = bf16_acts ? hw.fp8_tflops * 1e12 : fp32;
   if (m <= hw.decode_max_m)
-    return n * k * wb / (hw.hbm_gbps * 1e9 * hw.hbm_eff) + 2 * m * n * k / (fp32 * hw.decode_flop_eff);
+    return n * k * wb / (hw.hbm_gbps * 1e9 * hw.hbm_eff) + 2 * m * n * k / (mult_rate * hw.decode_flop_eff);
   const double blocks = std::ceil(m / 128 - 1e-9);
   const double mult = 2 * pad_rows(m, hw.gemm_row_tile) * n * k;
   if (wb == 1) return n * k * blocks / (fp32 * hw.dequant_eff) + mult / (hw.fp8_tflops * 1e12 * hw.gemm_eff);
   // BF16 weights widen with a shift: their tiles cost the reading, once per block of rows.
-  return n * k * wb * blocks / (hw.hbm_gbps * 1e9 * hw.hbm_eff) + mult / (fp32 * hw.gemm_eff);
+  return n * k * wb * blocks / (hw.hbm_gbps * 1e9 * hw.hbm_eff) + mult / (mult_rate * hw.gemm_eff);
 }
 
 // One GEMM y[M,N] = x[M,K] · W[N,K]ᵀ on one GPU: roofline of the padded FLOPs at the kernel rate and
 // the bytes of weights (wb bytes each), FP8 activations in, BF16 out. Seconds; adds to flops/bytes.
-double gemm(const Ctx& x, double m, double n, double k, double wb, bool bf16, double& flops, double& bytes) {
+double gemm(const Ctx& x, double m, double n, double k, double wb, bool bf16, double& flops, double& bytes,
+            bool bf16_acts = false) {
   if (m <= 0) return 0;
   const double f = 2 * m * n * k;
   const double fpad = 2 * pad_rows(m, x.hw.gemm_row_tile) * n * k;
   const double b = n * k * wb + m * k * (bf16 ? 2 : 1) + m * n * 2;
   flops += f;
   bytes += b;
-  if (x.hw.cpu_kernels) return cpu_gemm_s(x.hw, m, n, k, wb);
+  if (x.hw.cpu_kernels) return cpu_gemm_s(x.hw, m, n, k, wb, bf16_acts);
   const double rate = (bf16 ? x.hw.bf16_tflops : x.hw.fp8_tflops) * 1e12 * x.hw.gemm_eff * x.sm_frac;
   return std::max(fpad / rate, b / (x.hw.hbm_gbps * 1e9 * x.hw.hbm_eff));
 }
@@ -358,7 +362,7 @@ UnitResult simulate_unit(const Hardware& hw, const model::ModelConfig& c, const 
     const double rows = spec.role == Role::decode
                             ? n * (spec.mtp_accept > 0 ? 2 : 1)  // MTP runs its own head on the drafts
                             : std::max(1.0, n / std::max(1.0, spec.kv_len * (1 - spec.hit_rate)));
-    r.head_ms = 1e3 * gemm(x, rows, c.vocab_size, c.hidden_size, 2, true, f, b) / eff;
+    r.head_ms = 1e3 * gemm(x, rows, c.vocab_size, c.hidden_size, 2, true, f, b, /*bf16_acts=*/true) / eff;
   }
   r.step_ms = moe_layers * r.moe_layer_ms + r.dense_layers_ms + r.head_ms;
   for (const auto& s : serial.stages) (s.comm ? r.comm_ms : r.compute_ms) += s.ms * moe_layers;
