@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "base/json_file.h"
 #include "base/error.h"
 
 namespace epserve::dist {
@@ -27,14 +28,7 @@ ExpertPlacement ExpertPlacement::even(const model::ModelConfig& c, int ranks, in
 
 ExpertPlacement ExpertPlacement::load(const std::filesystem::path& file, const model::ModelConfig& c, int ranks) {
   const std::string where = file.string();
-  std::ifstream in(file);
-  EPS_REQUIRE(in, where + ": cannot open placement file");
-  nlohmann::json j;
-  try {
-    in >> j;
-  } catch (const std::exception& e) {
-    throw Error(where + ": not valid JSON (" + e.what() + ")");
-  }
+  const nlohmann::json j = read_json_file(file, "placement file", /*require_object=*/false);
   EPS_REQUIRE(j.is_object() && j.contains("layers") && j["layers"].is_object(), where + ": missing object \"layers\"");
   if (j.contains("ranks"))
     EPS_REQUIRE(j["ranks"] == ranks, where + ": written for " + j["ranks"].dump() + " ranks, this unit has " +

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "base/json_file.h"
 #include "base/error.h"
 
 namespace epserve::model {
@@ -28,13 +29,7 @@ Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
   c.dir_ = dir;
   const auto index_path = dir / "model.safetensors.index.json";
   if (std::filesystem::exists(index_path)) {
-    std::ifstream in(index_path);
-    json index;
-    try {
-      in >> index;
-    } catch (const std::exception& e) {
-      throw Error(index_path.string() + ": not valid JSON (" + e.what() + ")");
-    }
+    const json index = read_json_file(index_path, "unreadable index", /*require_object=*/false);
     EPS_REQUIRE(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
                 index_path.string() + ": missing field \"weight_map\"");
     std::map<std::string, size_t> file_index;

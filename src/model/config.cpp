@@ -3,6 +3,7 @@
 #include <cmath>
 #include <fstream>
 
+#include "base/json_file.h"
 #include "base/error.h"
 
 namespace epserve::model {
@@ -193,14 +194,7 @@ void ModelConfig::validate(const std::string& where) const {
 
 ModelConfig ModelConfig::load(const std::filesystem::path& model_dir) {
   const auto path = model_dir / "config.json";
-  std::ifstream in(path);
-  EPS_REQUIRE(in, path.string() + ": cannot open (is --model a checkpoint directory?)");
-  json j;
-  try {
-    in >> j;
-  } catch (const std::exception& e) {
-    throw Error(path.string() + ": not valid JSON (" + e.what() + ")");
-  }
+  const json j = read_json_file(path, "is --model a checkpoint directory?", /*require_object=*/false);
   return from_json(j, path.string());
 }
 

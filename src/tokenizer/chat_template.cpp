@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/json_file.h"
 #include "base/error.h"
 #include "tokenizer/utf8.h"
 
@@ -21,17 +22,7 @@ ChatTemplate ChatTemplate::from_string(const std::string& source, std::map<std::
 ChatTemplate ChatTemplate::load(const std::filesystem::path& dir) {
   const auto path = dir / "tokenizer_config.json";
   const std::string where = path.string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(where + ": cannot open (no tokenizer_config.json there?)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(where + ": not valid JSON: " + e.what());
-  }
-  if (!j.is_object()) throw Error(where + ": top level is not a JSON object");
+  const nlohmann::json j = read_json_file(path, "no tokenizer_config.json there?");
   if (!j.contains("chat_template") || !j["chat_template"].is_string())
     throw Error(where + ": \"chat_template\" missing or not a string");
   // Special tokens are either plain strings or AddedToken objects with a "content".

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/json_file.h"
 #include "base/error.h"
 #include "tokenizer/added_tokens.h"
 #include "tokenizer/bpe.h"
@@ -62,17 +63,7 @@ Tokenizer Tokenizer::load(const std::filesystem::path& model_dir) { return from_
 
 Tokenizer Tokenizer::from_file(const std::filesystem::path& path) {
   const std::string where = path.string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(where + ": cannot open (no tokenizer.json there?)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(where + ": not valid JSON: " + e.what());
-  }
-  if (!j.is_object()) throw Error(where + ": top level is not a JSON object");
+  const nlohmann::json j = read_json_file(path, "no tokenizer.json there?");
   try {
     auto impl = std::make_shared<Impl>();
     check_normalizer(j.value("normalizer", nlohmann::json()), where);
