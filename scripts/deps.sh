@@ -4,7 +4,7 @@
 # fetched by scripts/fetch-node-deps.sh.
 set -euo pipefail
 packages=(build-essential cmake pkg-config libgtest-dev libbenchmark-dev nlohmann-json3-dev libopenmpi-dev openmpi-bin
-  libcli11-dev libpcre2-dev libfmt-dev libcpp-httplib-dev libzmq3-dev cppzmq-dev curl nodejs npm)
+  libcli11-dev libpcre2-dev libfmt-dev libcpp-httplib-dev libzmq3-dev cppzmq-dev libtomlplusplus-dev curl nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
