@@ -172,7 +172,9 @@ void mla_attention(const AttentionWeights& w, const ModelConfig& c, const YarnRo
   for (size_t s = 0; s < batch.kv.size(); ++s) {
     if (batch.count[s] == 0) continue;
     const int len = batch.position[batch.first[s] + batch.count[s] - 1] + 1;
-    const bool naive = path == AttentionPath::kNaive || (path == AttentionPath::kAuto && batch.count[s] > 1);
+    // kAuto: the expanded (naive) path for several tokens, the absorbed one for a single token.
+    const AttentionPath p = s < batch.path.size() && batch.path[s] != AttentionPath::kAuto ? batch.path[s] : path;
+    const bool naive = p == AttentionPath::kNaive || (p == AttentionPath::kAuto && batch.count[s] > 1);
     if (naive)
       attend_naive(w, D, scale, *batch.kv[s], layer, len, batch.first[s], batch.count[s], q, o, mode);
     else

@@ -22,6 +22,7 @@ enum class AttentionPath { kAuto, kNaive, kAbsorbed };
 struct TokenBatch {
   std::vector<SequenceKv*> kv;
   std::vector<int> first, count;
+  std::vector<AttentionPath> path;  // per sequence; kAuto (or none): the call's path
   std::vector<int> position;  // per token
   int tokens() const { return int(position.size()); }
 };

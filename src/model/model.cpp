@@ -32,6 +32,7 @@ std::vector<float> Model::forward(std::span<const SequenceInput> batch, const Fo
     tb.kv.push_back(s.kv);
     tb.first.push_back(int(tokens.size()));
     tb.count.push_back(int(s.tokens.size()));
+    tb.path.push_back(s.attention);
     for (size_t i = 0; i < s.tokens.size(); ++i) {
       EPS_REQUIRE(s.tokens[i] >= 0 && s.tokens[i] < c.vocab_size,
                   "token id " + std::to_string(s.tokens[i]) + " is outside the vocabulary [0, " +

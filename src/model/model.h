@@ -31,6 +31,10 @@ struct ForwardProfile {
 struct SequenceInput {
   SequenceKv* kv;
   std::span<const int> tokens;  // appended after the tokens the cache already holds
+  // The attention path for these tokens (kAuto: ForwardOptions::attention). A server pins prompt
+  // tokens to kNaive and generated ones to kAbsorbed, so that a token's cache rows and logits do not
+  // depend on how its sequence was cut into steps (prefix hits, hand-offs, recompute).
+  AttentionPath attention = AttentionPath::kAuto;
 };
 
 class Model {
