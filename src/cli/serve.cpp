@@ -1,5 +1,6 @@
 // `epserve serve`: the OpenAI-compatible server over one checkpoint: router + single-rank worker in
-// this process, or router + one unit of R MPI ranks (--unit-ranks R) reached over ZeroMQ.
+// this process, or router + the units of a deployment (--deployment FILE; --unit-ranks R for one
+// mixed unit of R MPI ranks) reached over ZeroMQ.
 #include <pthread.h>
 #include <signal.h>
 
@@ -16,7 +17,8 @@
 #include "kvcache/block_hash.h"
 #include "model/weights.h"
 #include "serve/engine_worker.h"
-#include "serve/remote_unit.h"
+#include "serve/deployment.h"
+#include "serve/deployment_worker.h"
 #include "serve/log.h"
 #include "serve/router.h"
 
@@ -34,7 +36,7 @@ struct ServeArgs {
   size_t max_body_bytes = 4 << 20;
   bool no_kv_disk = false;
   int unit_ranks = 0, redundant = 0;
-  std::string placement, mpirun_args;
+  std::string placement, mpirun_args, deployment;
 };
 
 fs::path cache_root() {
@@ -66,10 +68,22 @@ int serve(const ServeArgs& a) {
   const auto prices = a.prices.empty() ? serve::Prices{} : serve::Prices::load(a.prices);
 
   EPS_REQUIRE(a.unit_ranks >= 0, "--unit-ranks must be >= 0");
+  EPS_REQUIRE(a.unit_ranks == 0 || a.deployment.empty(), "--unit-ranks and --deployment: choose one");
   const auto t0 = std::chrono::steady_clock::now();
-  // In-process (the default): the model lives here. With --unit-ranks R it lives in the unit's ranks.
+  // In-process (the default): the model lives here. Otherwise it lives in the units' ranks.
+  std::optional<serve::Deployment> deployment;
+  if (!a.deployment.empty()) {
+    deployment = serve::Deployment::load(a.deployment);
+  } else if (a.unit_ranks > 0) {
+    deployment = serve::Deployment::single_mixed(a.unit_ranks);
+    auto& unit = deployment->units[0];
+    unit.redundant = a.redundant;
+    unit.placement = a.placement;
+    std::istringstream extra(a.mpirun_args);
+    for (std::string w; extra >> w;) unit.mpirun_args.push_back(w);
+  }
   std::unique_ptr<model::Model> model;
-  if (a.unit_ranks == 0) model = std::make_unique<model::Model>(model::ModelWeights::load(a.model_dir));
+  if (!deployment) model = std::make_unique<model::Model>(model::ModelWeights::load(a.model_dir));
   const auto c = model ? model->config() : model::ModelConfig::load(a.model_dir);
   const auto tok = tokenizer::Tokenizer::load(a.model_dir);
   std::optional<tokenizer::ChatTemplate> chat;
@@ -99,20 +113,26 @@ int serve(const ServeArgs& a) {
   if (model) {
     worker_ptr = std::make_unique<serve::EngineWorker>(*model, wo);
   } else {
-    // One unit of R ranks: `mpirun -n R epserve unit ...`, each rank with the KV pool and limits above.
-    serve::RemoteUnitOptions uo;
-    uo.ranks = a.unit_ranks;
+    // Each unit is `mpirun -n R epserve unit ...`; its ranks get the pool and limits above unless the
+    // deployment file sets them for the unit, and each unit its own disk tier directory.
+    serve::DeploymentWorkerOptions uo;
+    uo.deployment = *deployment;
     uo.max_per_rank = a.max_running + a.max_queue;
-    uo.rank_command = {fs::read_symlink("/proc/self/exe").string(), "unit", "--model", a.model_dir, "--numerics", a.numerics,
-                       "--kv-blocks", std::to_string(wo.kv_blocks), "--step-tokens", std::to_string(a.step_tokens),
-                       "--max-running", std::to_string(a.max_running), "--max-queue", std::to_string(a.max_queue),
-                       "--max-context", std::to_string(a.max_context), "--redundant", std::to_string(a.redundant),
-                       "--kv-disk-gb", std::to_string(a.kv_disk_gb)};
-    if (wo.disk) uo.rank_command.insert(uo.rank_command.end(), {"--kv-disk-dir", wo.disk_dir.string()});
-    if (!a.placement.empty()) uo.rank_command.insert(uo.rank_command.end(), {"--placement", a.placement});
-    std::istringstream extra(a.mpirun_args);
-    for (std::string w; extra >> w;) uo.mpirun_args.push_back(w);
-    worker_ptr = std::make_unique<serve::RemoteUnit>(std::move(uo));
+    const std::string binary = fs::read_symlink("/proc/self/exe").string();
+    uo.rank_command = [&, binary](const serve::UnitSpec& u) {
+      std::vector<std::string> argv = {
+          binary, "unit", "--model", a.model_dir, "--numerics", a.numerics,
+          "--kv-blocks", std::to_string(u.kv_blocks > 0 ? u.kv_blocks : wo.kv_blocks),
+          "--step-tokens", std::to_string(u.step_tokens > 0 ? u.step_tokens : a.step_tokens),
+          "--max-running", std::to_string(u.max_running > 0 ? u.max_running : a.max_running),
+          "--max-queue", std::to_string(a.max_queue), "--max-context", std::to_string(a.max_context),
+          "--redundant", std::to_string(u.redundant), "--kv-disk-gb", std::to_string(a.kv_disk_gb)};
+      if (wo.disk) argv.insert(argv.end(), {"--kv-disk-dir", (wo.disk_dir / u.name).string()});
+      if (!u.placement.empty()) argv.insert(argv.end(), {"--placement", u.placement});
+      return argv;
+    };
+    serve::log_info("deployment", {{"units", deployment->summary()}});
+    worker_ptr = std::make_unique<serve::DeploymentWorker>(std::move(uo));
   }
   serve::Worker& worker = *worker_ptr;
 
@@ -140,7 +160,7 @@ int serve(const ServeArgs& a) {
                                 {"model", model_name},
                                 {"load_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()},
                                 {"kv_blocks", wo.kv_blocks},
-                                {"unit_ranks", a.unit_ranks},
+                                {"units", deployment ? deployment->summary() : "in process"},
                                 {"max_context", worker.limits().max_context},
                                 {"kv_disk_dir", wo.disk ? wo.disk_dir.string() : ""},
                                 {"auth", !api_key.empty()},
@@ -209,6 +229,9 @@ const CommandRegistration registration(
                      "run the model in one unit of R MPI ranks (mpirun -n R --oversubscribe epserve unit ...), expert "
                      "parallel, requests spread over the ranks round robin; 0: in this process")
           ->capture_default_str();
+      app.add_option("--deployment", a->deployment,
+                     "TOML file of units (role mixed / prefill / decode, ranks, hosts, placement, ...), each started "
+                     "with mpirun; see docs/ARCHITECTURE.md, Serving");
       app.add_option("--redundant", a->redundant, "with --unit-ranks: redundant expert slots per MoE layer")->capture_default_str();
       app.add_option("--placement", a->placement, "with --unit-ranks: expert placement JSON (default: the even split)");
       app.add_option("--mpirun-args", a->mpirun_args, "with --unit-ranks: more mpirun flags (e.g. '--hostfile FILE')");

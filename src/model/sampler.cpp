@@ -3,12 +3,29 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <sstream>
+
+#include "base/error.h"
 #include <vector>
 
 namespace epserve::model {
 
 int argmax(std::span<const float> logits) {
   return int(std::max_element(logits.begin(), logits.end()) - logits.begin());  // first of equals
+}
+
+std::string Sampler::state() const {
+  std::ostringstream o;
+  o << rng_;
+  return o.str();
+}
+
+Sampler Sampler::from_state(const std::string& state) {
+  Sampler s(0);
+  std::istringstream in(state);
+  in >> s.rng_;
+  EPS_REQUIRE(!in.fail(), "bad sampler state");
+  return s;
 }
 
 int Sampler::sample(std::span<const float> logits, const SamplingParams& p) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <string>
 
 namespace epserve::model {
 
@@ -17,6 +18,10 @@ class Sampler {
  public:
   explicit Sampler(uint64_t seed) : rng_(seed) {}
   int sample(std::span<const float> logits, const SamplingParams& p);
+  // The generator's state as text, and a sampler that goes on from it: a request that moves to
+  // another unit draws the same numbers it would have drawn where it began.
+  std::string state() const;
+  static Sampler from_state(const std::string& state);
 
  private:
   std::mt19937_64 rng_;

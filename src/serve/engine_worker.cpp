@@ -23,6 +23,7 @@ const char* to_string(FinishReason r) {
     case FinishReason::kCancelled: return "cancelled";
     case FinishReason::kTimeout: return "timeout";
     case FinishReason::kError: return "error";
+    case FinishReason::kHandedOff: return "handed_off";
   }
   return "?";
 }
@@ -42,6 +43,7 @@ struct Seq {
   model::Sampler sampler{0};
   clock_type::time_point submitted, admitted, first_token, last_token;
   bool admitted_once = false;
+  bool imported = false;  // a continuation's blocks are in the pool (or were dropped)
   uint64_t admit_order = 0;
   RequestStats stats;
 };
@@ -114,14 +116,39 @@ struct EngineWorker::Impl {
     e.error = error;
     e.stats = s.stats;
     (void)now;
+    if (r == FinishReason::kHandedOff) e.handoff = hand_off(s);
     s.events->push(std::move(e));
     s.kv.reset();  // frees the blocks not named in the prefix index
+  }
+
+  // The prompt's full blocks (registered in the index by now), copied out for a decode rank.
+  std::shared_ptr<const KvHandOff> hand_off(Seq& s) {
+    auto h = std::make_shared<KvHandOff>();
+    const int full = s.kv->length() / kBlock;
+    kvcache::extend_chain(s.hashes, o.model_id, std::span<const int>(s.tokens).first(size_t(full) * kBlock), kBlock);
+    const size_t lb = pool.block_layer_bytes();
+    for (int b = 0; b < full; ++b) {
+      const int block = s.kv->blocks()[size_t(b)];
+      std::vector<uint8_t> payload(lb * size_t(pool.layers()));
+      for (int l = 0; l < pool.layers(); ++l) std::memcpy(payload.data() + size_t(l) * lb, pool.block_bytes(l, block).data(), lb);
+      h->hashes.push_back(s.hashes[size_t(b)]);
+      h->blocks.push_back(std::move(payload));
+      st.kv_handoff_bytes += lb * size_t(pool.layers());
+    }
+    st.kv_handoff_blocks_sent += uint64_t(full);
+    h->generated.assign(s.tokens.begin() + long(s.req.prompt.size()), s.tokens.end());
+    h->sampler_state = s.sampler.state();
+    return h;
   }
 
   // ---- admission ----
   // Puts the longest cached prefix (RAM, then disk) into a fresh sequence; false when the pool
   // cannot hold the prompt now.
   bool try_admit(Seq& s) {
+    if (s.req.continues && !s.imported) {
+      import_blocks(*s.req.continues);
+      s.imported = true;
+    }
     const int len = int(s.tokens.size());
     kvcache::extend_chain(s.hashes, o.model_id, s.tokens, kBlock);
     const int usable = std::min<int>(int(s.hashes.size()), (len - 1) / kBlock);  // the last token is always computed
@@ -162,6 +189,27 @@ struct EngineWorker::Impl {
     }
     s.admit_order = ++admit_counter;
     return true;
+  }
+
+  // A continuation's blocks go into the pool named by their hashes, as disk blocks do; try_admit then
+  // finds them like any cached prefix. A block that does not fit (or has the wrong size) is left
+  // out and recomputed.
+  void import_blocks(const KvHandOff& h) {
+    const size_t lb = pool.block_layer_bytes();
+    for (size_t i = 0; i < h.hashes.size() && i < h.blocks.size(); ++i) {
+      if (index.contains(h.hashes[i])) continue;
+      if (h.blocks[i].size() != lb * size_t(pool.layers())) {
+        log_warn("kv_handoff_bad_block", {{"bytes", h.blocks[i].size()}});
+        break;
+      }
+      if (pool.free_blocks() == 0) index.evict(1);
+      const int b = pool.allocate();
+      if (b < 0) break;
+      for (int l = 0; l < pool.layers(); ++l) std::memcpy(pool.block_bytes(l, b).data(), h.blocks[i].data() + size_t(l) * lb, lb);
+      index.insert(h.hashes[i], b);
+      pool.release(b);  // the index holds it
+      ++st.kv_handoff_blocks_received;
+    }
   }
 
   void admit() {
@@ -259,24 +307,31 @@ struct EngineWorker::Impl {
   struct Entry {
     Seq* s;
     int n;
+    model::AttentionPath attention;
   };
 
+  // A step's work for one sequence: its next n uncached tokens, all prompt or all generated (a
+  // chunk stops at the prompt's end). Prompt tokens take the expanded attention path and generated
+  // ones the absorbed path whatever the chunk's size, so results do not depend on the cut.
   std::vector<Entry> plan() {
     std::vector<Entry> batch;
     int budget = o.step_tokens;
+    auto in_prompt = [](const Seq& s) { return s.kv->length() < int(s.req.prompt.size()); };
     for (auto& s : running)
-      if (int(s->tokens.size()) - s->kv->length() == 1) {
-        batch.push_back({s.get(), 1});
+      if (!in_prompt(*s) && int(s->tokens.size()) - s->kv->length() == 1) {
+        batch.push_back({s.get(), 1, model::AttentionPath::kAbsorbed});
         --budget;
       }
-    std::vector<Seq*> prefills;
+    std::vector<Seq*> chunks;  // prompts, and generated tokens to recompute (after preemption)
     for (auto& s : running)
-      if (int(s->tokens.size()) - s->kv->length() > 1) prefills.push_back(s.get());
-    std::sort(prefills.begin(), prefills.end(), [](Seq* a, Seq* b) { return a->admit_order < b->admit_order; });
-    for (Seq* s : prefills) {
+      if (in_prompt(*s) || int(s->tokens.size()) - s->kv->length() > 1) chunks.push_back(s.get());
+    std::sort(chunks.begin(), chunks.end(), [](Seq* a, Seq* b) { return a->admit_order < b->admit_order; });
+    for (Seq* s : chunks) {
       if (budget <= 0) break;
-      const int n = std::min(budget, int(s->tokens.size()) - s->kv->length());
-      batch.push_back({s, n});
+      const bool prompt = in_prompt(*s);
+      const int left = (prompt ? int(s->req.prompt.size()) : int(s->tokens.size())) - s->kv->length();
+      const int n = std::min(budget, left);
+      batch.push_back({s, n, prompt ? model::AttentionPath::kNaive : model::AttentionPath::kAbsorbed});
       budget -= n;
     }
     return batch;
@@ -318,7 +373,8 @@ struct EngineWorker::Impl {
     std::vector<model::SequenceInput> inputs;
     int total = 0;
     for (auto& e : batch) {
-      inputs.push_back({e.s->kv.get(), std::span<const int>(e.s->tokens).subspan(size_t(e.s->kv->length()), size_t(e.n))});
+      inputs.push_back({e.s->kv.get(), std::span<const int>(e.s->tokens).subspan(size_t(e.s->kv->length()), size_t(e.n)),
+                        e.attention});
       total += e.n;
     }
     model::ForwardOptions fo;
@@ -354,6 +410,7 @@ struct EngineWorker::Impl {
       FinishReason r = FinishReason::kNone;
       if (s.req.stop_at_eos && last == model.config().eos_token_id) r = FinishReason::kStop;
       else if (s.generated >= s.req.max_tokens || int(s.tokens.size()) >= max_context) r = FinishReason::kLength;
+      if (r == FinishReason::kNone && o.hand_off) r = FinishReason::kHandedOff;
       if (r != FinishReason::kNone) {
         finish(s, r);
         done.push_back(&s);
@@ -399,6 +456,7 @@ struct EngineWorker::Impl {
       w.disk_files = d.files;
       w.disk_bytes = d.bytes;
     }
+    if (o.add_stats) o.add_stats(w);
     std::lock_guard lk(mu);
     published = w;
     waiting_count = w.waiting;
@@ -485,9 +543,16 @@ SubmitResult EngineWorker::submit(GenerateRequest request, std::shared_ptr<Event
   auto s = std::make_unique<Seq>();
   s->tokens = request.prompt;
   s->sampler = model::Sampler(request.seed);
+  if (request.continues) {
+    const auto& c = *request.continues;
+    s->tokens.insert(s->tokens.end(), c.generated.begin(), c.generated.end());
+    s->generated = int(c.generated.size());
+    s->sampler = model::Sampler::from_state(c.sampler_state);
+  }
   s->req = std::move(request);
   s->events = std::move(events);
   s->submitted = clock_type::now();
+  s->first_token = s->last_token = s->submitted;  // a continuation's first token came before
   {
     std::lock_guard lk(impl_->mu);
     if (impl_->draining || impl_->stop || !impl_->fatal.empty()) return SubmitResult::kShuttingDown;

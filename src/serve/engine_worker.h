@@ -4,6 +4,8 @@
 // Requests wait in a bounded queue and are admitted while the pool has room for their prompt; when
 // a step cannot get blocks the prefix cache gives up unused blocks first, then the newest running
 // request is preempted (its blocks freed, recomputed later, cached prefixes making that cheap).
+// In a disaggregated deployment the same worker runs a prefill rank (hand_off: requests end after
+// their first token, handing their KV on) or a decode rank (continuations adopt the KV they bring).
 #pragma once
 #include <filesystem>
 #include <functional>
@@ -36,6 +38,11 @@ struct EngineWorkerOptions {
   // stopping and none has work. Idle ranks wait `idle_poll` between all-reduces (no hot spin).
   std::function<long(long)> lockstep;
   std::chrono::milliseconds idle_poll{2};
+  // Prefill role (disaggregation): a request that is not finished after its first token ends with
+  // kHandedOff, the event carrying its prompt's full KV blocks (KvHandOff) for a decode unit.
+  bool hand_off = false;
+  // Called on the scheduler thread when stats are published (e.g. the expert exchange's counters).
+  std::function<void(WorkerStats&)> add_stats;
 };
 
 class EngineWorker final : public Worker {

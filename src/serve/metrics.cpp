@@ -5,7 +5,8 @@
 namespace epserve::serve {
 
 std::string render_metrics(const std::string& model, const LedgerTotals& t, const Ledger& ledger, const WorkerStats& w,
-                           const std::map<int, uint64_t>& http, int in_flight, bool draining) {
+                           const std::vector<UnitStatus>& units, const std::map<int, uint64_t>& http, int in_flight,
+                           bool draining) {
   std::ostringstream o;
   o.precision(10);
   const std::string lbl = "{model=\"" + model + "\"}";
@@ -56,6 +57,27 @@ std::string render_metrics(const std::string& model, const LedgerTotals& t, cons
   metric("epserve_kv_disk_write_errors_total", "counter", "Failed block writes.", double(w.disk_write_errors));
   metric("epserve_kv_disk_files", "gauge", "Block files on disk.", double(w.disk_files));
   metric("epserve_kv_disk_bytes", "gauge", "Bytes of block files on disk.", double(w.disk_bytes));
+  metric("epserve_dispatch_bytes_total", "counter", "Bytes the ranks sent in MoE dispatch (FP8 rows, scales, routing).",
+         double(w.dispatch_bytes));
+  metric("epserve_combine_bytes_total", "counter", "Bytes the ranks sent in MoE combine (BF16 rows).", double(w.combine_bytes));
+  metric("epserve_dispatch_seconds_total", "counter", "Rank-seconds in MoE dispatch.", w.dispatch_s);
+  metric("epserve_combine_seconds_total", "counter", "Rank-seconds in MoE combine.", w.combine_s);
+  metric("epserve_moe_layer_passes_total", "counter", "MoE layer passes over all ranks (the exchanges' denominator).",
+         double(w.moe_layers));
+  metric("epserve_kv_handoff_blocks_sent_total", "counter", "KV blocks prefill ranks sent to decode ranks.",
+         double(w.kv_handoff_blocks_sent));
+  metric("epserve_kv_handoff_blocks_received_total", "counter", "KV blocks decode ranks took from hand-offs.",
+         double(w.kv_handoff_blocks_received));
+  metric("epserve_kv_handoff_bytes_total", "counter", "Bytes of KV handed from prefill to decode ranks.", double(w.kv_handoff_bytes));
+  if (!units.empty()) {
+    o << "# HELP epserve_unit_up 1 while the unit serves.\n# TYPE epserve_unit_up gauge\n";
+    for (const auto& u : units)
+      o << "epserve_unit_up{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << (u.failed.empty() ? 1 : 0) << '\n';
+    o << "# HELP epserve_unit_in_flight Requests a unit holds.\n# TYPE epserve_unit_in_flight gauge\n";
+    for (const auto& u : units) o << "epserve_unit_in_flight{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << u.in_flight << '\n';
+    o << "# HELP epserve_unit_retried_total Requests moved from a failed unit to another.\n# TYPE epserve_unit_retried_total counter\n";
+    for (const auto& u : units) o << "epserve_unit_retried_total{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << u.retried << '\n';
+  }
   o << "# HELP epserve_http_responses_total HTTP responses by status.\n# TYPE epserve_http_responses_total counter\n";
   for (const auto& [code, n] : http) o << "epserve_http_responses_total{code=\"" << code << "\"} " << n << '\n';
   return o.str();

@@ -521,9 +521,17 @@ struct Router::Impl {
     http.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, true); });
     http.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, false); });
     http.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
-      if (self->draining()) send_json(r, 503, {{"status", "draining"}});
-      else if (const auto f = worker.failure(); !f.empty()) send_json(r, 503, {{"status", "failed"}, {"detail", f}});
-      else send_json(r, 200, {{"status", "ok"}, {"model", o.model_name}});
+      json units = json::array();
+      for (const auto& u : worker.units())
+        units.push_back({{"name", u.name}, {"role", u.role}, {"ranks", u.ranks}, {"in_flight", u.in_flight},
+                         {"status", u.failed.empty() ? "up" : "failed"}, {"detail", u.failed}});
+      json body;
+      int status = 200;
+      if (self->draining()) status = 503, body = {{"status", "draining"}};
+      else if (const auto f = worker.failure(); !f.empty()) status = 503, body = {{"status", "failed"}, {"detail", f}};
+      else body = {{"status", "ok"}, {"model", o.model_name}};
+      if (!units.empty()) body["units"] = std::move(units);  // a unit may be down while the others serve
+      send_json(r, status, body);
     });
     auto model_json = [this] {
       return json{{"id", o.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "epserve"},
@@ -543,7 +551,8 @@ struct Router::Impl {
         std::lock_guard lk(counts_mu);
         counts = status_counts;
       }
-      r.set_content(render_metrics(o.model_name, ledger.totals(), ledger, worker.stats(), counts, self->in_flight(), self->draining()),
+      r.set_content(render_metrics(o.model_name, ledger.totals(), ledger, worker.stats(), worker.units(), counts, self->in_flight(),
+                                   self->draining()),
                     "text/plain; version=0.0.4");
     });
     // Known paths with the wrong method: 405 with an Allow header.

@@ -58,6 +58,7 @@ class Router {
 
 // Prometheus text exposition of the ledger, the worker and the HTTP counters.
 std::string render_metrics(const std::string& model, const LedgerTotals& t, const Ledger& ledger, const WorkerStats& w,
-                           const std::map<int, uint64_t>& http_status_counts, int in_flight, bool draining);
+                           const std::vector<UnitStatus>& units, const std::map<int, uint64_t>& http_status_counts,
+                           int in_flight, bool draining);
 
 }  // namespace epserve::serve

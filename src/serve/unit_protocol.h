@@ -1,10 +1,12 @@
-// The messages between the router (serve::RemoteUnit) and the ranks of a unit (`epserve unit`),
-// over ZeroMQ: the router binds a ROUTER socket, each rank connects a DEALER whose routing id is
-// "rank<r>". Every message is one frame of JSON {"type": ..., ...}.
-//   rank → router: register {rank, ranks, limits}; events {id, events: [TokenEvent...]};
+// The messages between the router (serve::DeploymentWorker) and the ranks of its units (`epserve
+// unit`), over ZeroMQ: the router binds one ROUTER socket, each rank connects a DEALER whose routing
+// id is "u<unit>r<rank>". Every message is one frame of JSON {"type": ..., ...}.
+//   rank → router: register {rank, ranks, role, kv_endpoint, limits}; events {id, events: [TokenEvent...]};
 //                  stats {stats} (every 250 ms, doubles as the heartbeat)
-//   router → rank: submit {id, request}; cancel {id}; heartbeat; stop
-// Request ids on the wire are the RemoteUnit's own (unique per unit).
+//   router → rank: submit {id, request[, decode: {endpoint}]}; cancel {id}; heartbeat; stop
+// Prefill rank → decode rank (the decode rank's own ROUTER socket, its kv_endpoint): one multipart
+// message per request, [handoff header (JSON), block payload...] (see handoff_header).
+// Request ids on the wire are the router's own (unique per deployment).
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -13,6 +15,8 @@
 namespace epserve::serve::unit_protocol {
 
 using nlohmann::json;
+
+inline std::string rank_identity(int unit, int rank) { return "u" + std::to_string(unit) + "r" + std::to_string(rank); }
 
 inline json to_json(const GenerateRequest& r) {
   return {{"prompt", r.prompt},
@@ -87,7 +91,9 @@ inline TokenEvent event_from_json(const json& j) {
 inline json to_json(const WorkerStats& w) {
   return json::array({w.running, w.waiting, w.kv_blocks_used, w.kv_blocks_total, w.prefix_blocks, w.steps, w.step_tokens,
                       w.preemptions, w.ram_hit_tokens, w.disk_hit_tokens, w.busy_s, w.disk_hits, w.disk_misses,
-                      w.disk_corrupt, w.disk_writes, w.disk_write_errors, w.disk_files, w.disk_bytes, w.disk_enabled});
+                      w.disk_corrupt, w.disk_writes, w.disk_write_errors, w.disk_files, w.disk_bytes, w.disk_enabled,
+                      w.dispatch_bytes, w.combine_bytes, w.moe_layers, w.dispatch_s, w.combine_s,
+                      w.kv_handoff_blocks_sent, w.kv_handoff_blocks_received, w.kv_handoff_bytes});
 }
 
 inline WorkerStats worker_stats_from_json(const json& j) {
@@ -111,7 +117,31 @@ inline WorkerStats worker_stats_from_json(const json& j) {
   w.disk_files = j[16];
   w.disk_bytes = j[17];
   w.disk_enabled = j[18];
+  w.dispatch_bytes = j[19];
+  w.combine_bytes = j[20];
+  w.moe_layers = j[21];
+  w.dispatch_s = j[22];
+  w.combine_s = j[23];
+  w.kv_handoff_blocks_sent = j[24];
+  w.kv_handoff_blocks_received = j[25];
+  w.kv_handoff_bytes = j[26];
   return w;
+}
+
+// The first frame of a hand-off: the request as the router sent it, the tokens generated so far, the
+// sampler's state and one hash per block frame that follows.
+inline json handoff_header(uint64_t id, const json& request, const KvHandOff& h) {
+  return {{"type", "handoff"}, {"id", id}, {"request", request}, {"generated", h.generated},
+          {"sampler", h.sampler_state}, {"hashes", h.hashes}};
+}
+
+// The KvHandOff of a header, without its blocks (they are the message's other frames).
+inline KvHandOff handoff_from_json(const json& j) {
+  KvHandOff h;
+  h.generated = j.at("generated").get<std::vector<int>>();
+  h.sampler_state = j.at("sampler").get<std::string>();
+  h.hashes = j.at("hashes").get<std::vector<uint64_t>>();
+  return h;
 }
 
 inline json to_json(const WorkerLimits& l) {

@@ -27,9 +27,15 @@ struct GenerateRequest {
   bool stop_at_eos = true;
   int top_logprobs = -1;  // -1: no logprobs; 0..20: the chosen token's logprob and this many alternatives
   double timeout_s = 600;
+  // Set on a continuation: a decode unit taking over from a prefill unit, which sent the prompt's
+  // KV blocks, the tokens it generated (already streamed) and its sampler's state. The blocks go into
+  // the KV pool and prefix index at admission; what they do not cover is recomputed.
+  std::shared_ptr<const struct KvHandOff> continues;
 };
 
-enum class FinishReason { kNone, kStop, kLength, kCancelled, kTimeout, kError };
+// kHandedOff: a prefill unit's request is done there and goes on in a decode unit (never seen by
+// the HTTP side; the deployment worker takes it).
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kTimeout, kError, kHandedOff };
 const char* to_string(FinishReason r);
 
 // What one request cost the worker, sent with its last event.
@@ -43,6 +49,16 @@ struct RequestStats {
   int preemptions = 0;
 };
 
+// What a prefill rank hands to a decode rank: the prompt's full KV blocks (the disk tier's payload
+// layout: every layer's rows of the block, layer after layer) named by their chained hashes, the
+// token(s) it generated and its sampler's state.
+struct KvHandOff {
+  std::vector<uint64_t> hashes;
+  std::vector<std::vector<uint8_t>> blocks;
+  std::vector<int> generated;
+  std::string sampler_state;
+};
+
 struct TokenEvent {
   enum class Kind { kToken, kFinished } kind = Kind::kToken;
   int token = -1;
@@ -52,6 +68,7 @@ struct TokenEvent {
   FinishReason finish = FinishReason::kNone;
   std::string error;  // with kError
   RequestStats stats; // with kFinished
+  std::shared_ptr<const KvHandOff> handoff;  // with kHandedOff
 };
 
 // One request's events, from the worker's thread to the router's. The router sets `cancelled`
@@ -97,6 +114,19 @@ struct WorkerStats {
   uint64_t disk_hits = 0, disk_misses = 0, disk_corrupt = 0, disk_writes = 0, disk_write_errors = 0, disk_files = 0,
            disk_bytes = 0;
   bool disk_enabled = false;
+  // Expert parallelism (units of several ranks): bytes this rank sent in MoE dispatch / combine and
+  // seconds spent in them, over `moe_layers` layer passes.
+  uint64_t dispatch_bytes = 0, combine_bytes = 0, moe_layers = 0;
+  double dispatch_s = 0, combine_s = 0;
+  uint64_t kv_handoff_blocks_sent = 0, kv_handoff_blocks_received = 0, kv_handoff_bytes = 0;
+};
+
+// One unit of a deployment as /health and /metrics show it.
+struct UnitStatus {
+  std::string name, role;
+  int ranks = 0, in_flight = 0;
+  uint64_t retried = 0;  // requests moved to another unit when this one failed
+  std::string failed;    // empty while up
 };
 
 enum class SubmitResult { kAccepted, kQueueFull, kShuttingDown };
@@ -112,6 +142,8 @@ class Worker {
   virtual void drain(std::chrono::steady_clock::time_point deadline) = 0;
   // Why the worker can serve no more (a unit whose rank died); empty while it can. /health says it.
   virtual std::string failure() const { return {}; }
+  // The units behind the worker (none for a worker in this process).
+  virtual std::vector<UnitStatus> units() const { return {}; }
 };
 
 }  // namespace epserve::serve

@@ -10,79 +10,16 @@
 #include <sstream>
 
 #include "serve/server.h"
+#include "serve/unit_helpers.h"
 
 namespace epserve::testing {
 namespace {
 
 using nlohmann::json;
-using clock_type = std::chrono::steady_clock;
 
 const std::filesystem::path& model() {
   static const auto m = generated_model("tiny");
   return m;
-}
-
-json chat_body(const std::string& text, int max_tokens, bool stream = false) {
-  return {{"model", "tiny"},
-          {"messages", json::array({{{"role", "user"}, {"content", text}}})},
-          {"max_tokens", max_tokens},
-          {"temperature", 0},
-          {"ignore_eos", true},
-          {"stream", stream}};
-}
-
-// The router's ZeroMQ endpoint, from the server log; the unit's processes carry it in their argv.
-std::string unit_endpoint(const ServerProcess& s) {
-  std::istringstream in(s.log());
-  for (std::string line; std::getline(in, line);) {
-    const auto j = json::parse(line, nullptr, false);
-    if (j.is_object() && j.value("event", "") == "unit_launch") return j["router"];
-  }
-  return "";
-}
-
-// Pids of the processes whose command line holds `text` (mpirun and the ranks), this test excluded.
-std::vector<int> pids_with(const std::string& text) {
-  const auto r = run_command("pgrep -f -- '" + text + "$' || true");
-  std::vector<int> out;
-  std::istringstream in(r.output);
-  for (int pid; in >> pid;)
-    if (pid != ::getpid()) out.push_back(pid);
-  return out;
-}
-
-bool wait_until_gone(const std::string& text, double timeout_s) {
-  const auto deadline = clock_type::now() + std::chrono::duration<double>(timeout_s);
-  while (clock_type::now() < deadline) {
-    if (pids_with(text).empty()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return pids_with(text).empty();
-}
-
-std::filesystem::path temp_file(const std::string& what, const std::string& text) {
-  return std::filesystem::path(::testing::TempDir()) /
-         (what + "-" + std::to_string(::getpid()) + "-" + std::to_string(std::hash<std::string>{}(text)));
-}
-
-// A streamed chat completion through curl (bounded by --max-time): the SSE body, which is also
-// written to temp_file("sse", text) as it arrives.
-std::string stream_chat(const ServerProcess& s, const std::string& text, int max_tokens, int max_time_s = 60) {
-  const auto f = temp_file("body", text), out = temp_file("sse", text);
-  std::ofstream(f) << chat_body(text, max_tokens, true).dump();
-  run_command("curl -s -N --max-time " + std::to_string(max_time_s) + " -H 'Content-Type: application/json' -d @" +
-              f.string() + " -o " + out.string() + " " + s.url() + "/v1/chat/completions");
-  return read_file(out);
-}
-
-// Waits (bounded) until the stream of `text` has delivered its first token.
-bool wait_first_token(const std::string& text, double timeout_s = 30) {
-  const auto deadline = clock_type::now() + std::chrono::duration<double>(timeout_s);
-  while (clock_type::now() < deadline) {
-    if (read_file(temp_file("sse", text)).find("\"content\"") != std::string::npos) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return false;
 }
 
 const std::vector<std::string> kPrompts = {"Hello there", "What is the capital of France? Answer briefly.",
@@ -171,7 +108,7 @@ TEST(Unit, RankKilledEndsRequestsWithErrorAndRouterGoesOn) {
   for (auto& f : streams) {
     ASSERT_EQ(f.wait_for(std::chrono::seconds(20)), std::future_status::ready) << "a stream hangs";
     const auto body = f.get();
-    EXPECT_NE(body.find("unit failed"), std::string::npos) << body.substr(body.size() > 2000 ? body.size() - 2000 : 0);
+    EXPECT_NE(body.find("unit mixed-0 failed: mpirun"), std::string::npos) << body.substr(body.size() > 2000 ? body.size() - 2000 : 0);
   }
   const double took = std::chrono::duration<double>(clock_type::now() - killed).count();
   EXPECT_LT(took, 15) << "requests ended " << took << " s after the kill";
@@ -203,7 +140,7 @@ TEST(Unit, UnitThatCannotStartSaysWhy) {
     message = e.what();
   }
   EXPECT_NE(message.find("serve exited at start"), std::string::npos) << message;
-  EXPECT_NE(message.find("the unit did not start"), std::string::npos) << message;
+  EXPECT_NE(message.find("unit mixed-0 did not start"), std::string::npos) << message;
   EXPECT_NE(message.find("has no slot"), std::string::npos) << message;
   EXPECT_LT(std::chrono::duration<double>(clock_type::now() - t0).count(), 60);
   EXPECT_TRUE(wait_until_gone((dir / "bad.json").string() + " --router tcp://[0-9.:]*", 10)) << "unit processes left behind";
