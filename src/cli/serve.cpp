@@ -118,6 +118,7 @@ int serve(const ServeArgs& a) {
     serve::DeploymentWorkerOptions uo;
     uo.deployment = *deployment;
     uo.max_per_rank = a.max_running + a.max_queue;
+    uo.model_id = wo.model_id;
     const std::string binary = fs::read_symlink("/proc/self/exe").string();
     uo.rank_command = [&, binary](const serve::UnitSpec& u) {
       std::vector<std::string> argv = {

@@ -10,13 +10,17 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
 #include "base/error.h"
+#include "kvcache/block_hash.h"
+#include "model/kv_cache.h"
 #include "serve/log.h"
 #include "serve/unit_protocol.h"
 
@@ -88,6 +92,10 @@ struct DeploymentWorker::Impl {
   std::deque<std::pair<Place, std::string>> outbox;
   uint64_t next_id = 1;
   std::map<UnitRole, int> next_unit;  // round robin per role
+  // Prefix-cache affinity: the rank each block name (a prompt's full blocks) was last sent to,
+  // forgotten oldest first beyond o.affinity_blocks.
+  std::unordered_map<kvcache::BlockHash, Place> block_home;
+  std::deque<kvcache::BlockHash> block_order;
   bool draining = false, stopping = false, quit = false;
   std::thread io;
 
@@ -199,23 +207,68 @@ struct DeploymentWorker::Impl {
     return disaggregated() ? role_up(UnitRole::kPrefill) && role_up(UnitRole::kDecode) : role_up(UnitRole::kMixed);
   }
 
+  bool has_room(Place p) const {
+    const auto& u = units[size_t(p.unit)];
+    return u.up() && u.ranks[size_t(p.rank)].in_flight < o.max_per_rank;
+  }
+
+  // Under mu. The rank of `role` that was sent the longest prefix of these block names, unless it
+  // holds more than kAffinitySlack requests over the least busy rank of that role (a prefix every
+  // request shares, such as a system prompt, must not pile all of them onto one rank).
+  static constexpr int kAffinitySlack = 4;
+  Place cached_home(const std::vector<kvcache::BlockHash>& hashes, UnitRole role) const {
+    int least = std::numeric_limits<int>::max();
+    for (const auto& u : units)
+      if (u.spec.role == role && u.up())
+        for (const auto& r : u.ranks) least = std::min(least, r.in_flight);
+    for (size_t i = hashes.size(); i-- > 0;)
+      if (auto it = block_home.find(hashes[i]); it != block_home.end()) {
+        const Place p = it->second;
+        if (units[size_t(p.unit)].spec.role == role && has_room(p) &&
+            units[size_t(p.unit)].ranks[size_t(p.rank)].in_flight <= least + kAffinitySlack)
+          return p;
+        return {};  // the longest prefix's rank is busy: spread the load instead
+      }
+    return {};
+  }
+
+  void remember(const std::vector<kvcache::BlockHash>& hashes, Place p) {
+    for (auto h : hashes) {
+      auto [it, fresh] = block_home.insert_or_assign(h, p);
+      if (fresh) block_order.push_back(h);
+    }
+    while (block_order.size() > o.affinity_blocks) {
+      block_home.erase(block_order.front());
+      block_order.pop_front();
+    }
+  }
+
   // Under mu. Places a request (fresh or retried) and queues its submit; kAccepted or why not.
   SubmitResult place(uint64_t id, Pending& p) {
     if (!can_serve()) return SubmitResult::kShuttingDown;
+    // The blocks a rank could have cached: full ones before the prompt's last token (as try_admit).
+    std::vector<kvcache::BlockHash> hashes;
+    const auto& prompt = p.request.prompt;
+    const size_t usable = prompt.empty() ? 0 : (prompt.size() - 1) / model::kKvBlockTokens;
+    kvcache::extend_chain(hashes, o.model_id, std::span<const int>(prompt).first(usable * model::kKvBlockTokens),
+                          model::kKvBlockTokens);
+    const UnitRole first_role = disaggregated() ? UnitRole::kPrefill : UnitRole::kMixed;
+    Place home = cached_home(hashes, first_role);
     json msg = {{"type", "submit"}, {"id", id}, {"request", unit_protocol::to_json(p.request)}};
     if (disaggregated()) {
-      const Place d = pick(UnitRole::kDecode), f = pick(UnitRole::kPrefill);
+      const Place d = pick(UnitRole::kDecode), f = home.valid() ? home : pick(UnitRole::kPrefill);
       if (!d.valid() || !f.valid()) return SubmitResult::kQueueFull;
       p.runs = f;
       p.decode = d;
       ++rank_of(d).in_flight;
       msg["decode"] = {{"endpoint", rank_of(d).kv_endpoint}};
     } else {
-      const Place m = pick(UnitRole::kMixed);
+      const Place m = home.valid() ? home : pick(UnitRole::kMixed);
       if (!m.valid()) return SubmitResult::kQueueFull;
       p.runs = m;
     }
     ++rank_of(p.runs).in_flight;
+    remember(hashes, p.runs);
     outbox.emplace_back(p.runs, msg.dump());
     return SubmitResult::kAccepted;
   }

@@ -2,8 +2,9 @@
 // binds one ZeroMQ ROUTER socket, launches each unit as `mpirun -n R epserve unit ...` with that
 // address, and returns once every rank of every unit has registered. One I/O thread owns the socket.
 //
-// Requests: with mixed units, a request goes to one rank of one unit (units, then their ranks, round
-// robin: data-parallel attention). Disaggregated, it goes to a prefill rank together with the
+// Requests: with mixed units, a request goes to one rank of one unit: the rank its prompt's longest
+// cached prefix was last sent to, when that rank has room (prefix-cache affinity); otherwise units,
+// then their ranks, round robin (data-parallel attention). Disaggregated, it goes to a prefill rank together with the
 // address of the decode rank chosen for it; the prefill rank computes the prompt and the first
 // token, sends the KV straight to that decode rank (not through here), and reports kHandedOff; the
 // decode rank's events then stream back through here. Events a decode rank sends before the
@@ -34,6 +35,10 @@ struct DeploymentWorkerOptions {
   double start_timeout_s = 180;  // every rank registered
   double heartbeat_timeout_s = 10;
   int max_per_rank = 256 + 64;   // requests in flight per rank (running + waiting) before 429
+  // The KV block names' seed (kvcache::model_identity), as the ranks compute it: the router names a
+  // prompt's blocks the same way to send it where its prefix is cached.
+  uint64_t model_id = 0;
+  size_t affinity_blocks = 1 << 20;  // block names remembered for that
 };
 
 class DeploymentWorker final : public Worker {

@@ -184,8 +184,10 @@ struct EngineWorker::Impl {
       s.stats.queue_s = seconds(now - s.submitted);
       s.stats.cached_tokens = int(blocks.size()) * kBlock;
       s.stats.disk_cached_tokens = int(blocks.size() - ram_blocks) * kBlock;
-      st.ram_hit_tokens += uint64_t(ram_blocks) * kBlock;
-      st.disk_hit_tokens += uint64_t(blocks.size() - ram_blocks) * kBlock;
+      if (!s.req.continues) {  // a continuation's blocks came with it (counted as hand-off blocks)
+        st.ram_hit_tokens += uint64_t(ram_blocks) * kBlock;
+        st.disk_hit_tokens += uint64_t(blocks.size() - ram_blocks) * kBlock;
+      }
     }
     s.admit_order = ++admit_counter;
     return true;
