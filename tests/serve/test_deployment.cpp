@@ -166,7 +166,7 @@ TEST(Deployment, FailedUnitsRetryOrEndTheirRequestsAndTheRouterGoesOn) {
   auto index_of = [&](const std::string& n) { return int(std::find(names.begin(), names.end(), n) - names.begin()); };
 
   // 1. A prefill unit dies while it computes a long prompt: the request moves to the other one.
-  const std::string long_prompt = words(7000, "x");
+  const std::string long_prompt = words(4000, "x");
   auto first = std::async(std::launch::async, [&] {
     int status = 0;
     auto j = post_json(s, "/v1/chat/completions", chat_body(long_prompt, 8), &status);
@@ -215,7 +215,7 @@ TEST(Deployment, FailedUnitsRetryOrEndTheirRequestsAndTheRouterGoesOn) {
   // error, and the deployment reports it cannot serve.
   auto last = std::async(std::launch::async, [&] {
     int st = 0;
-    auto j = post_json(s, "/v1/chat/completions", chat_body(words(7000, "y"), 8), &st);
+    auto j = post_json(s, "/v1/chat/completions", chat_body(words(4000, "y"), 8), &st);
     return std::make_pair(st, j);
   });
   const std::string last_prefill = wait_busy_unit(s, "prefill");
