@@ -339,6 +339,7 @@ struct DeploymentWorker::Impl {
       }
       rank.registered = true;
       rank.kv_endpoint = m.value("kv_endpoint", "");
+      log_info("rank_registered", {{"unit", unit.spec.name}, {"rank", r}, {"kv_endpoint", rank.kv_endpoint}});
       const auto l = unit_protocol::limits_from_json(m.at("limits"));
       if (!have_limits || l.max_context < lim.max_context) lim = l;  // the tightest unit bounds a request
       have_limits = true;
