@@ -19,7 +19,8 @@ namespace fs = std::filesystem;
 
 constexpr std::string_view kTopKeys[] = {"router_address", "unit"};
 constexpr std::string_view kUnitKeys[] = {"role",      "ranks",       "name",      "hosts",       "placement",
-                                          "redundant", "mpirun_args", "kv_blocks", "max_running", "step_tokens"};
+                                          "redundant", "mpirun_args", "kv_blocks", "max_running", "step_tokens",
+                                          "restart"};
 
 // Appends rather than `"'" + key + "'"`, which trips GCC 12's false -Wrestrict warning.
 std::string quoted(std::string_view key) {
@@ -137,6 +138,11 @@ UnitSpec parse_unit(const toml::node& node, size_t index, std::map<UnitRole, int
   u.kv_blocks = get_int(*t, "kv_blocks", 0, w).value_or(0);
   u.max_running = get_int(*t, "max_running", 0, w).value_or(0);
   u.step_tokens = get_int(*t, "step_tokens", 0, w).value_or(0);
+  if (const toml::node* n = t->get("restart")) {
+    const auto v = n->value_exact<bool>();
+    if (!v) w.fail("'restart' must be true or false, got " + describe(*n));
+    u.restart = *v;
+  }
   return u;
 }
 

@@ -16,6 +16,7 @@
 //   kv_blocks = 512                    # optional; 0 or absent: the server's --kv-blocks / --kv-memory-gb
 //   max_running = 64                   # optional; 0 or absent: the server's --max-running
 //   step_tokens = 256                  # optional; 0 or absent: the server's --step-tokens
+//   restart = true                     # optional; relaunch the unit when it fails (default true)
 //
 //   [[unit]]
 //   role = "decode"
@@ -46,6 +47,7 @@ struct UnitSpec {
   int kv_blocks = 0;                     // 0: the server's --kv-blocks / --kv-memory-gb
   int max_running = 0;                   // 0: the server's --max-running
   int step_tokens = 0;                   // 0: the server's --step-tokens
+  bool restart = true;                   // relaunch the unit after it fails (with a growing delay)
 };
 
 struct Deployment {

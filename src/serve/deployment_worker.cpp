@@ -51,9 +51,15 @@ struct UnitState {
   clock_type::time_point kill_at{};  // SIGKILL the group then, if still there
   std::vector<RankState> ranks;
   int next_rank = 0;
-  uint64_t retried = 0;
+  uint64_t retried = 0, restarts = 0;
+  int failures_in_a_row = 0;                // the next restart waits 2^n s (at most 30 s)
+  clock_type::time_point launched_at{}, restart_at{};
   std::string session_dir;  // OpenMPI's, removed when the unit is gone
-  bool up() const { return failed.empty() && !exited; }
+  bool ready() const {
+    return std::all_of(ranks.begin(), ranks.end(), [](const RankState& r) { return r.registered; });
+  }
+  bool up() const { return ready() && failed.empty() && !exited; }
+  const char* state() const { return up() ? "up" : failed.empty() && !exited ? "starting" : "failed"; }
 };
 
 struct Place {
@@ -97,6 +103,7 @@ struct DeploymentWorker::Impl {
   std::unordered_map<kvcache::BlockHash, Place> block_home;
   std::deque<kvcache::BlockHash> block_order;
   bool draining = false, stopping = false, quit = false;
+  bool started = false;  // every unit came up once; from then on a failed unit is launched again
   std::thread io;
 
   explicit Impl(DeploymentWorkerOptions opt) : o(std::move(opt)) {
@@ -165,6 +172,7 @@ struct DeploymentWorker::Impl {
     }
     ::setpgid(pid, pid);
     unit.pid = pid;
+    unit.launched_at = clock_type::now();
     log_info("unit_started", {{"unit", spec.name}, {"mpirun_pid", pid}});
   }
 
@@ -340,6 +348,10 @@ struct DeploymentWorker::Impl {
       rank.registered = true;
       rank.kv_endpoint = m.value("kv_endpoint", "");
       log_info("rank_registered", {{"unit", unit.spec.name}, {"rank", r}, {"kv_endpoint", rank.kv_endpoint}});
+      if (unit.ready()) {
+        unit.failures_in_a_row = 0;
+        if (unit.restarts > 0) log_info("unit_up_again", {{"unit", unit.spec.name}, {"restarts", unit.restarts}});
+      }
       const auto l = unit_protocol::limits_from_json(m.at("limits"));
       if (!have_limits || l.max_context < lim.max_context) lim = l;  // the tightest unit bounds a request
       have_limits = true;
@@ -375,6 +387,11 @@ struct DeploymentWorker::Impl {
     if (!unit.exited) {
       ::kill(-unit.pid, SIGTERM);
       unit.kill_at = clock_type::now() + std::chrono::seconds(3);
+    }
+    if (unit.spec.restart && started && !stopping) {
+      const int delay_s = std::min(30, 1 << std::min(unit.failures_in_a_row, 5));
+      unit.restart_at = clock_type::now() + std::chrono::seconds(delay_s);
+      ++unit.failures_in_a_row;
     }
     int retried = 0, ended = 0;
     std::vector<std::pair<uint64_t, Pending>> moved;
@@ -418,8 +435,25 @@ struct DeploymentWorker::Impl {
       }
     }
     log_warn("unit_failed", {{"unit", unit.spec.name}, {"reason", why}, {"retried", retried}, {"ended", ended},
-                             {"serving", can_serve()}});
+                             {"serving", can_serve()}, {"restart", unit.restart_at != clock_type::time_point{}}});
     cv.notify_all();
+  }
+
+  // Under mu. A failed unit (its mpirun gone) starts again: fresh rank state, the same argv.
+  void relaunch(int u) {
+    auto& unit = units[size_t(u)];
+    for (auto& r : unit.ranks) r = RankState{};
+    unit.failed.clear();
+    unit.exited = false;
+    unit.kill_at = unit.restart_at = {};
+    ++unit.restarts;
+    log_info("unit_restart", {{"unit", unit.spec.name}, {"restarts", unit.restarts}});
+    try {
+      launch(u);
+    } catch (const std::exception& e) {
+      unit.exited = true;
+      fail_unit(u, std::string("relaunch failed: ") + e.what());
+    }
   }
 
   void check_health() {
@@ -441,9 +475,12 @@ struct DeploymentWorker::Impl {
         ::kill(-unit.pid, SIGKILL);
         unit.kill_at = {};
       }
-      const bool all_registered =
-          std::all_of(unit.ranks.begin(), unit.ranks.end(), [](const RankState& r) { return r.registered; });
-      if (all_registered && unit.up() && !stopping)
+      if (unit.exited && unit.restart_at != clock_type::time_point{} && now >= unit.restart_at && !stopping)
+        relaunch(int(u));
+      if (started && !unit.ready() && unit.failed.empty() && !unit.exited && !stopping &&
+          seconds(now - unit.launched_at) > o.start_timeout_s)
+        fail_unit(int(u), "the ranks did not register within " + std::to_string(int(o.start_timeout_s)) + " s");
+      if (unit.up() && !stopping)
         for (int r = 0; r < unit.spec.ranks; ++r)
           if (seconds(now - unit.ranks[size_t(r)].last_heard) > o.heartbeat_timeout_s) {
             fail_unit(int(u), "rank " + std::to_string(r) + " silent for " + std::to_string(int(o.heartbeat_timeout_s)) + " s");
@@ -492,7 +529,8 @@ struct DeploymentWorker::Impl {
         last_beat = clock_type::now();
         for (size_t u = 0; u < units.size(); ++u)
           for (int r = 0; r < units[u].spec.ranks; ++r)
-            if (units[u].ranks[size_t(r)].registered && units[u].up()) send_to({int(u), r}, R"({"type":"heartbeat"})");
+            if (units[u].ranks[size_t(r)].registered && units[u].failed.empty() && !units[u].exited)
+              send_to({int(u), r}, R"({"type":"heartbeat"})");
       }
       check_health();
     }
@@ -501,20 +539,19 @@ struct DeploymentWorker::Impl {
   void wait_registered() {
     std::unique_lock lk(mu);
     const auto deadline = clock_type::now() + std::chrono::duration<double>(o.start_timeout_s);
-    auto started = [&](const UnitState& u) {
-      return std::all_of(u.ranks.begin(), u.ranks.end(), [](const RankState& r) { return r.registered; });
-    };
     auto settled = [&] {
-      return std::all_of(units.begin(), units.end(), [&](const UnitState& u) { return started(u) || !u.up(); });
+      return std::all_of(units.begin(), units.end(),
+                         [&](const UnitState& u) { return u.ready() || !u.failed.empty() || u.exited; });
     };
     cv.wait_until(lk, deadline, settled);
     for (const auto& u : units)
-      if (!started(u) || !u.up()) {
+      if (!u.up()) {
         const std::string why = !u.failed.empty() ? u.failed : u.exited ? "mpirun exited" : "the ranks did not register in time";
         const std::string name = u.spec.name;
         lk.unlock();
         throw Error("unit " + name + " did not start: " + why + " (see its output above)");
       }
+    started = true;
   }
 
   void shutdown() {
@@ -628,8 +665,16 @@ std::string DeploymentWorker::failure() const {
   std::lock_guard lk(impl_->mu);
   if (impl_->can_serve()) return {};
   std::string why;
-  for (const auto& u : impl_->units)
-    if (!u.up()) why += (why.empty() ? "" : "; ") + ("unit " + u.spec.name + " failed: " + (u.failed.empty() ? "mpirun exited" : u.failed));
+  for (const auto& u : impl_->units) {
+    if (u.up()) continue;
+    std::string line = "unit " + u.spec.name;
+    if (u.failed.empty() && !u.exited)
+      line += " is starting (restart " + std::to_string(u.restarts) + ")";
+    else
+      line += " failed: " + (u.failed.empty() ? std::string("mpirun exited") : u.failed) +
+              (u.restart_at != clock_type::time_point{} ? " (restarting)" : "");
+    why += (why.empty() ? "" : "; ") + line;
+  }
   return why;
 }
 
@@ -637,7 +682,7 @@ std::vector<UnitStatus> DeploymentWorker::units() const {
   std::lock_guard lk(impl_->mu);
   std::vector<UnitStatus> out;
   for (const auto& u : impl_->units) {
-    UnitStatus s{u.spec.name, to_string(u.spec.role), u.spec.ranks, 0, u.retried, u.failed};
+    UnitStatus s{u.spec.name, to_string(u.spec.role), u.state(), u.spec.ranks, 0, u.retried, u.restarts, u.failed};
     for (const auto& r : u.ranks) s.in_flight += r.in_flight;
     if (s.failed.empty() && u.exited) s.failed = "mpirun exited";
     out.push_back(std::move(s));

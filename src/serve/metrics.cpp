@@ -72,11 +72,13 @@ std::string render_metrics(const std::string& model, const LedgerTotals& t, cons
   if (!units.empty()) {
     o << "# HELP epserve_unit_up 1 while the unit serves.\n# TYPE epserve_unit_up gauge\n";
     for (const auto& u : units)
-      o << "epserve_unit_up{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << (u.failed.empty() ? 1 : 0) << '\n';
+      o << "epserve_unit_up{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << (u.state == "up" ? 1 : 0) << '\n';
     o << "# HELP epserve_unit_in_flight Requests a unit holds.\n# TYPE epserve_unit_in_flight gauge\n";
     for (const auto& u : units) o << "epserve_unit_in_flight{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << u.in_flight << '\n';
     o << "# HELP epserve_unit_retried_total Requests moved from a failed unit to another.\n# TYPE epserve_unit_retried_total counter\n";
     for (const auto& u : units) o << "epserve_unit_retried_total{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << u.retried << '\n';
+    o << "# HELP epserve_unit_restarts_total Times a failed unit was launched again.\n# TYPE epserve_unit_restarts_total counter\n";
+    for (const auto& u : units) o << "epserve_unit_restarts_total{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << u.restarts << '\n';
   }
   o << "# HELP epserve_http_responses_total HTTP responses by status.\n# TYPE epserve_http_responses_total counter\n";
   for (const auto& [code, n] : http) o << "epserve_http_responses_total{code=\"" << code << "\"} " << n << '\n';

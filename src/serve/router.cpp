@@ -524,7 +524,7 @@ struct Router::Impl {
       json units = json::array();
       for (const auto& u : worker.units())
         units.push_back({{"name", u.name}, {"role", u.role}, {"ranks", u.ranks}, {"in_flight", u.in_flight},
-                         {"status", u.failed.empty() ? "up" : "failed"}, {"detail", u.failed}});
+                         {"status", u.state}, {"restarts", u.restarts}, {"detail", u.failed}});
       json body;
       int status = 200;
       if (self->draining()) status = 503, body = {{"status", "draining"}};

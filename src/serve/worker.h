@@ -124,9 +124,11 @@ struct WorkerStats {
 // One unit of a deployment as /health and /metrics show it.
 struct UnitStatus {
   std::string name, role;
+  std::string state;     // "up", "starting" (launched, ranks not all registered) or "failed"
   int ranks = 0, in_flight = 0;
   uint64_t retried = 0;  // requests moved to another unit when this one failed
-  std::string failed;    // empty while up
+  uint64_t restarts = 0;
+  std::string failed;    // why it last failed (kept while it restarts)
 };
 
 enum class SubmitResult { kAccepted, kQueueFull, kShuttingDown };

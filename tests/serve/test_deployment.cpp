@@ -6,9 +6,10 @@
 // recomputes the partial last block, and the sampler's state travels with the request.
 //
 // Faults: a prefill unit killed while it computes a prompt has its request retried on the other
-// prefill unit (no token was sent yet), which completes it; a decode unit killed mid-stream ends
-// that stream with an error (its tokens were sent) while the other decode unit serves on; with no
-// prefill unit left, requests end with an error and /health says 503.
+// prefill unit (no token was sent yet), which completes it, and is launched again; a decode unit
+// killed mid-stream ends that stream with an error (its tokens were sent) while the other decode
+// unit serves on; with no decode unit left, a request in prefill ends with an error and /health
+// says 503.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -152,42 +153,59 @@ std::string unit_metric_line(const ServerProcess& s, const std::string& name, co
   return "";
 }
 
-TEST(Deployment, FailedUnitsRetryOrEndTheirRequestsAndTheRouterGoesOn) {
+bool wait_unit_up_again(const ServerProcess& s, const std::string& unit, double timeout_s) {
+  const auto deadline = clock_type::now() + std::chrono::duration<double>(timeout_s);
+  while (clock_type::now() < deadline) {
+    if (auto r = s.client().Get("/health")) {
+      const auto j = json::parse(r->body, nullptr, false);
+      if (j.is_object() && j.contains("units"))
+        for (const auto& u : j["units"])
+          if (u["name"] == unit && u["status"] == "up" && u["restarts"].get<int>() >= 1) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+std::future<std::pair<int, json>> post_async(const ServerProcess& s, json body) {
+  return std::async(std::launch::async, [&s, body] {
+    int status = 0;
+    auto j = post_json(s, "/v1/chat/completions", body, &status);
+    return std::make_pair(status, j);
+  });
+}
+
+TEST(Deployment, FailedUnitsRetryRestartOrEndTheirRequests) {
   const auto dir = scratch_dir("deployment-faults");
+  // prefill-a is launched again when it fails; the others are not (restart = false).
   const auto file = write_deployment(dir, "four.toml",
                                      "[[unit]]\nname = \"prefill-a\"\nrole = \"prefill\"\nranks = 1\n\n"
-                                     "[[unit]]\nname = \"prefill-b\"\nrole = \"prefill\"\nranks = 1\n\n"
-                                     "[[unit]]\nname = \"decode-a\"\nrole = \"decode\"\nranks = 1\n\n"
-                                     "[[unit]]\nname = \"decode-b\"\nrole = \"decode\"\nranks = 1\n");
+                                     "[[unit]]\nname = \"prefill-b\"\nrole = \"prefill\"\nranks = 1\nrestart = false\n\n"
+                                     "[[unit]]\nname = \"decode-a\"\nrole = \"decode\"\nranks = 1\nrestart = false\n\n"
+                                     "[[unit]]\nname = \"decode-b\"\nrole = \"decode\"\nranks = 1\nrestart = false\n");
   ServerProcess s(model(), dir, "--no-kv-disk --kv-blocks 512 --step-tokens 128 --deployment " + file.string());
   const std::string endpoint = unit_endpoint(s);
   ASSERT_FALSE(endpoint.empty()) << s.log();
   const std::vector<std::string> names = {"prefill-a", "prefill-b", "decode-a", "decode-b"};
   auto index_of = [&](const std::string& n) { return int(std::find(names.begin(), names.end(), n) - names.begin()); };
 
-  // 1. A prefill unit dies while it computes a long prompt: the request moves to the other one.
+  // 1. prefill-a (the first in round robin) dies while it computes a long prompt: the request moves
+  // to prefill-b, which completes it, and prefill-a is launched again.
   const std::string long_prompt = words(4000, "x");
-  auto first = std::async(std::launch::async, [&] {
-    int status = 0;
-    auto j = post_json(s, "/v1/chat/completions", chat_body(long_prompt, 8), &status);
-    return std::make_pair(status, j);
-  });
-  const std::string prefill_unit = wait_busy_unit(s, "prefill");
-  ASSERT_FALSE(prefill_unit.empty()) << s.log();
+  auto first = post_async(s, chat_body(long_prompt, 8));
+  ASSERT_EQ(wait_busy_unit(s, "prefill"), "prefill-a") << s.log();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // well into the prompt's chunks
-  ASSERT_TRUE(kill_rank(endpoint, index_of(prefill_unit)));
+  ASSERT_TRUE(kill_rank(endpoint, index_of("prefill-a")));
   ASSERT_EQ(first.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the retried request hangs";
   const auto [status1, answer1] = first.get();
   EXPECT_EQ(status1, 200) << answer1.dump();
   EXPECT_EQ(answer1["usage"]["completion_tokens"], 8) << answer1.dump();
-  EXPECT_NE(unit_metric_line(s, "epserve_unit_retried_total", prefill_unit).find("} 1"), std::string::npos)
-      << unit_metric_line(s, "epserve_unit_retried_total", prefill_unit);
+  EXPECT_NE(unit_metric_line(s, "epserve_unit_retried_total", "prefill-a").find("} 1"), std::string::npos)
+      << unit_metric_line(s, "epserve_unit_retried_total", "prefill-a");
   EXPECT_NE(s.log().find("request_retried"), std::string::npos);
-  auto health = s.client().Get("/health");
-  ASSERT_TRUE(health);
-  EXPECT_EQ(health->status, 200) << health->body;  // a prefill and a decode unit are still up
-  EXPECT_NE(health->body.find("\"failed\""), std::string::npos) << health->body;
-  // The same prompt again gives the same answer (the surviving unit now has it cached).
+  EXPECT_TRUE(wait_unit_up_again(s, "prefill-a", 90)) << s.log();
+  EXPECT_NE(unit_metric_line(s, "epserve_unit_restarts_total", "prefill-a").find("} 1"), std::string::npos);
+  // The same prompt again goes where it was cached (prefill-b) and gives the same answer.
   int status = 0;
   auto again = post_json(s, "/v1/chat/completions", chat_body(long_prompt, 8), &status);
   EXPECT_EQ(status, 200);
@@ -211,22 +229,31 @@ TEST(Deployment, FailedUnitsRetryOrEndTheirRequestsAndTheRouterGoesOn) {
   EXPECT_EQ(status, 200) << after.dump();
   EXPECT_EQ(after["usage"]["completion_tokens"], 6);
 
-  // 3. The last prefill unit dies during a prompt: nowhere to retry, so the request ends with an
-  // error, and the deployment reports it cannot serve.
-  auto last = std::async(std::launch::async, [&] {
-    int st = 0;
-    auto j = post_json(s, "/v1/chat/completions", chat_body(words(4000, "y"), 8), &st);
-    return std::make_pair(st, j);
-  });
-  const std::string last_prefill = wait_busy_unit(s, "prefill");
-  ASSERT_FALSE(last_prefill.empty());
-  ASSERT_NE(last_prefill, prefill_unit);
-  ASSERT_TRUE(kill_rank(endpoint, index_of(last_prefill)));
-  ASSERT_EQ(last.wait_for(std::chrono::seconds(20)), std::future_status::ready) << "the request hangs";
-  const auto [status3, answer3] = last.get();
-  EXPECT_NE(status3, 200) << answer3.dump();
-  EXPECT_NE(answer3.dump().find("no other unit could take the request"), std::string::npos) << answer3.dump();
-  health = s.client().Get("/health");
+  // 3. Whichever prefill unit computes the next long prompt dies: the other one (prefill-a back up,
+  // or prefill-b) completes it.
+  auto third = post_async(s, chat_body(words(4000, "y"), 8));
+  const std::string busy = wait_busy_unit(s, "prefill");
+  ASSERT_FALSE(busy.empty());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(kill_rank(endpoint, index_of(busy)));
+  ASSERT_EQ(third.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the retried request hangs";
+  const auto [status3, answer3] = third.get();
+  EXPECT_EQ(status3, 200) << answer3.dump();
+
+  // 4. The last decode unit dies while a request is still in prefill (its decode rank reserved):
+  // nowhere to retry, so it ends with an error, and the deployment says it cannot serve (503).
+  if (busy == "prefill-a") {
+    ASSERT_TRUE(wait_unit_up_again(s, "prefill-a", 90));
+  }
+  auto fourth = post_async(s, chat_body(words(4000, "z"), 8));
+  ASSERT_FALSE(wait_busy_unit(s, "prefill").empty());
+  const std::string last_decode = decode_unit == "decode-a" ? "decode-b" : "decode-a";
+  ASSERT_TRUE(kill_rank(endpoint, index_of(last_decode)));
+  ASSERT_EQ(fourth.wait_for(std::chrono::seconds(30)), std::future_status::ready) << "the request hangs";
+  const auto [status4, answer4] = fourth.get();
+  EXPECT_EQ(status4, 500) << answer4.dump();
+  EXPECT_NE(answer4.dump().find("no other unit could take the request"), std::string::npos) << answer4.dump();
+  auto health = s.client().Get("/health");
   ASSERT_TRUE(health);
   EXPECT_EQ(health->status, 503) << health->body;
   auto refused = post_json(s, "/v1/chat/completions", chat_body("nobody home", 4), &status);

@@ -64,6 +64,7 @@ mpirun_args = ["--mca", "btl_tcp_if_include", "veth0"]
 kv_blocks = 512
 max_running = 64
 step_tokens = 256
+restart = false
 [[unit]]
 role = "decode"
 ranks = 4
@@ -83,7 +84,9 @@ ranks = 4
   EXPECT_EQ(p.kv_blocks, 512);
   EXPECT_EQ(p.max_running, 64);
   EXPECT_EQ(p.step_tokens, 256);
+  EXPECT_FALSE(p.restart);
   const auto& dec = d.units[1];
+  EXPECT_TRUE(dec.restart);
   EXPECT_EQ(dec.name, "decode-0");
   EXPECT_EQ(dec.role, UnitRole::kDecode);
   EXPECT_EQ(dec.ranks, 4);
@@ -184,7 +187,7 @@ TEST(DeploymentFile, UnknownKeys) {
   EXPECT_THAT(parse_error("[[unit]]\nrole = \"mixed\"\nrank = 1\n"),
               AllOf(HasSubstr("deploy.toml: unit 1 (mixed-0): unknown key 'rank'"),
                     HasSubstr("(known: role, ranks, name, hosts, placement, redundant, mpirun_args, kv_blocks, "
-                              "max_running, step_tokens)")));
+                              "max_running, step_tokens, restart)")));
   EXPECT_THAT(parse_error("[[unit]]\nrole = \"mixed\"\nranks = 1\n[unit.extra]\nx = 1\n"),
               HasSubstr("deploy.toml: unit 1 (mixed-0): unknown key 'extra'"));
 }
@@ -207,6 +210,8 @@ TEST(DeploymentFile, WrongTypes) {
   EXPECT_THAT(parse_error("[unit]\nrole = \"mixed\"\nranks = 1\n"),
               HasSubstr("deploy.toml: 'unit' must be an array of tables ([[unit]]), got a table"));
   EXPECT_THAT(parse_error("unit = [1]\n"), HasSubstr("deploy.toml: unit 1: must be a table ([[unit]]), got 1"));
+  EXPECT_THAT(parse_error("[[unit]]\nrole = \"mixed\"\nranks = 1\nrestart = \"yes\"\n"),
+              HasSubstr("deploy.toml: unit 1 (mixed-0): 'restart' must be true or false, got \"yes\""));
 }
 
 TEST(DeploymentFile, NoUnits) {
