@@ -166,12 +166,13 @@ double* knob(Hardware& h, int i) {
     case 1: return &h.decode_flop_eff;
     case 2: return &h.gemm_eff;
     case 3: return &h.dequant_eff;
-    default: return &h.attn_eff;
+    case 4: return &h.attn_eff;
+    default: return &h.hbm_dot_eff;
   }
 }
 // Every knob is an efficiency (time ∝ 1/value). (A fixed cost per product was tried: the fit over
 // two layer counts gave it a negative value.)
-constexpr int kKnobs = 5;
+constexpr int kKnobs = 6;
 bool inverse(int) { return true; }
 
 // Solves the normal equations A x = b (n small) by Gaussian elimination with partial pivoting.
@@ -227,12 +228,12 @@ CpuFit fit_cpu_efficiencies(const std::vector<FitPoint>& points) {
     }
   const auto x = solve(A, b);
   CpuFit fit;
-  fit.names = {"hbm", "decode_flop", "gemm", "dequant", "attn"};
+  fit.names = {"hbm", "decode_flop", "gemm", "dequant", "attn", "hbm_dot"};
   for (int j = 0; j < K; ++j) {
     EPS_REQUIRE(x[j] > 0, "the fit gave '" + fit.names[j] +
                               "' no positive value: add cases where it matters (decode at batch 1 and 8 for hbm "
-                              "and decode_flop, prefill for gemm and dequant, long contexts for attn, two layer "
-                              "counts for call_us)");
+                              "and decode_flop, prefill for gemm and dequant, long contexts for attn, batch 1 "
+                              "on two layer counts for hbm_dot)");
     fit.values.push_back(inverse(j) ? 1 / x[j] : x[j]);
   }
   return fit;

@@ -50,7 +50,7 @@ std::vector<EngineTiming> measure_engine(model::Model& m, const std::vector<Engi
 // The simulator's single-rank step for the case (predict_single_rank_step_ms), in ms.
 double predict_engine_step_ms(const Hardware& hw, const model::ModelConfig& cfg, const EngineCase& e);
 
-// The cpu preset's fitted constants: efficiencies hbm, decode_flop, gemm, dequant, attn. The
+// The cpu preset's fitted constants: efficiencies hbm, decode_flop, gemm, dequant, attn, hbm_dot. The
 // prediction is a sum of terms, each inversely proportional to one efficiency, so the fit is linear
 // least squares in their inverses on relative errors
 // (predicted / measured − 1) over the points, each with the ceilings measured with it.

@@ -46,6 +46,8 @@ struct Hardware {
   double fp32_tflops = 0;        // FP32 FMA peak: decode kernels, BF16-weight products, attention loops
   int decode_max_m = 8;          // products of up to this many rows stream their weights (kDecodeMaxM)
   double decode_flop_eff = 0;    // decode kernels' multiply-adds, fraction of fp32_tflops
+  double hbm_dot_eff = 0;        // decode products on BF16 dot products (the lm_head in DeepSeek
+                                 // numerics) stream their BF16 weights at this fraction of hbm_gbps
   double dequant_eff = 0;        // prefill kernels: weight elements widened per 128-row block, at
                                  // fp32_tflops * dequant_eff elements/s
   double attn_eff = 0;           // the attention loops (src/model/mla.cpp), fraction of fp32_tflops

@@ -1,4 +1,4 @@
-// Trust: the cpu preset's prediction of a single-rank engine step against the real engine, timed
+// Trust: the cpu preset's prediction of engine steps, on one rank and on two, against the real engine, timed
 // here and now (serial: nothing else of ours runs meanwhile). The efficiencies in the preset were
 // fitted once to the 8-layer `bench` preset and a 5-layer variant (docs/PERFORMANCE.md,
 // "Simulator"); this test runs a
@@ -63,6 +63,49 @@ TEST(Calibration, CpuPresetPredictsEngineStepsOfAnUnfittedConfig) {
     const double expected = 256 * (1 - std::pow(1 - 8.0 / 256, B));
     EXPECT_NEAR(c["distinct_experts_per_layer"].get<double>(), expected, 0.2 * expected + 1) << c["case"];
   }
+}
+
+// The rank count: a decode step of 16 sequences on one rank, and of 8 per rank on two ranks (expert
+// parallel over MPI, one thread each: a core per rank on a 2-core machine), against `sim unit` with
+// EP 1 and EP 2 on the cpu preset (ranks on one host exchanging through shared memory). Wall time,
+// the best of three runs: the two ranks wait on each other, which is part of what is predicted.
+TEST(Calibration, CpuPresetPredictsDecodeStepsAtOneAndTwoRanks) {
+  const auto model = generated_model("bench", "--set num_hidden_layers=3 --no-mtp");
+  const auto dir = scratch_dir("calibration-ranks");
+  {
+    std::ofstream batch(dir / "batch.txt");  // 16 prompts of 32 tokens (context ~37 while decoding)
+    for (int p = 0; p < 16; ++p)
+      for (int i = 0; i < 32; ++i) batch << (i ? "," : "") << 1000 + (p * 7919 + i * 104729) % 120000 << (i == 31 ? "\n" : "");
+  }
+  const std::string env = "OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ";
+  const std::string run = epserve_binary().string() + " run --model " + model.string() + " --batch-file " +
+                          (dir / "batch.txt").string() + " --max-tokens 9 --ignore-eos --json";
+  auto best_step_ms = [&](const std::string& launcher) {
+    double best = 1e30;
+    for (int rep = 0; rep < 3; ++rep) {
+      const auto r = run_command(env + launcher + run + " 2>/dev/null");
+      EXPECT_EQ(r.exit_code, 0) << r.output;
+      const auto j = nlohmann::json::parse(r.output.substr(r.output.find('{')), nullptr, false);
+      if (j.is_discarded()) continue;
+      best = std::min(best, 1e3 * j["timings"]["decode_s"].get<double>() / 8);  // 8 decode steps
+    }
+    return best;
+  };
+  auto predicted_ms = [&](int ep, int batch) {
+    const auto r = run_command(env + epserve_binary().string() + " sim unit --hw cpu --model " + model.string() +
+                               " --role decode --ep " + std::to_string(ep) + " --ranks-per-node " + std::to_string(ep) +
+                               " --batch-per-gpu " + std::to_string(batch) +
+                               " --kv-len 37 --redundant 0 --overlap off --json 2>/dev/null");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return nlohmann::json::parse(r.output.substr(r.output.find('{')))["step_ms"].get<double>();
+  };
+  const double one = best_step_ms(""), two = best_step_ms("mpirun --oversubscribe -n 2 -x OMP_NUM_THREADS ");
+  const double p1 = predicted_ms(1, 16), p2 = predicted_ms(2, 8);
+  std::printf("decode 16 sequences: 1 rank measured %.1f ms, predicted %.1f ms (%+.1f%%); 2 ranks measured %.1f ms, "
+              "predicted %.1f ms (%+.1f%%)\n", one, p1, 100 * (p1 / one - 1), two, p2, 100 * (p2 / two - 1));
+  EXPECT_LT(std::fabs(p1 / one - 1), kTolerance);
+  EXPECT_LT(std::fabs(p2 / two - 1), kTolerance);
+  EXPECT_LT(two, one) << "two ranks, a core each, should take less time per step than one";
 }
 
 }  // namespace
