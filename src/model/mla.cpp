@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "base/bf16.h"
+#include "model/attention_core.h"
 #include "model/ops.h"
 
 namespace epserve::model {
@@ -39,18 +40,6 @@ void add_scaled(float p, const bf16* row, float* out, int n) {
   for (int i = 0; i < n; ++i) out[i] += p * bf16_to_float(row[i]);
 }
 
-// softmax over scores in place (FP32 statistics); probabilities BF16 in DeepSeek numerics, as the
-// BF16 P·V product of FlashMLA takes them.
-void softmax(std::span<float> s, Numerics mode) {
-  float mx = -INFINITY;
-  for (float v : s) mx = std::max(mx, v);
-  float sum = 0;
-  for (float& v : s) sum += (v = std::exp(v - mx));
-  const float inv = 1.0f / sum;
-  for (float& v : s) v *= inv;
-  round_activations(s, mode);
-}
-
 struct Dims {
   int heads, nope, rope, v, lora, qk, width;
   explicit Dims(const ModelConfig& c)
@@ -58,7 +47,8 @@ struct Dims {
         lora(c.kv_lora_rank), qk(c.qk_nope_head_dim + c.qk_rope_head_dim), width(c.kv_lora_rank + c.qk_rope_head_dim) {}
 };
 
-// Naive path for one sequence: keys and values expanded from the latent for every cached token.
+// Naive path for one sequence: keys and values expanded from the latent for every cached token,
+// then each head's causal attention (attention_core.h) over its keys laid out for it.
 void attend_naive(const AttentionWeights& w, const Dims& D, float scale, const SequenceKv& kv, int layer, int len,
                   int first, int count, const std::vector<float>& q, std::vector<float>& o, Numerics mode) {
   std::vector<float> cache(size_t(len) * D.width), latent(size_t(len) * D.lora);
@@ -68,27 +58,38 @@ void attend_naive(const AttentionWeights& w, const Dims& D, float scale, const S
   const int kvb_width = D.heads * (D.nope + D.v);
   std::vector<float> kvb(size_t(len) * kvb_width);
   matmul_fp8(latent, len, w.kv_b, kvb, mode);
-  const int base = len - count;
-#pragma omp parallel for collapse(2) schedule(dynamic)
-  for (int h = 0; h < D.heads; ++h)
-    for (int i = 0; i < count; ++i) {
-      const int t = first + i, visible = base + i + 1;
-      const float* qh = &q[(size_t(t) * D.heads + h) * D.qk];
-      std::vector<float> scores(visible);
-      for (int j = 0; j < visible; ++j) {
-        const float* k_nope = &kvb[size_t(j) * kvb_width + h * (D.nope + D.v)];
-        const float* k_rope = &cache[size_t(j) * D.width + D.lora];
-        scores[j] = (dot(qh, k_nope, D.nope) + dot(qh + D.nope, k_rope, D.rope)) * scale;
-      }
-      softmax(scores, mode);
-      float* oh = &o[(size_t(t) * D.heads + h) * D.v];
-      std::fill_n(oh, D.v, 0.0f);
-      for (int j = 0; j < visible; ++j) {
-        const float* vj = &kvb[size_t(j) * kvb_width + h * (D.nope + D.v) + D.nope];
-        for (int e = 0; e < D.v; ++e) oh[e] += scores[j] * vj[e];
-      }
-      round_activations({oh, size_t(D.v)}, mode);
+  const int ldk = attention_key_stride(len);
+#pragma omp parallel for schedule(dynamic)
+  for (int h = 0; h < D.heads; ++h) {
+    // This head's keys transposed ([nope | rope] × keys, zero-padded), values and queries as rows.
+    std::vector<float> kt(size_t(D.qk) * ldk, 0.0f), v(size_t(len) * D.v), qh(size_t(count) * D.qk),
+        oh(size_t(count) * D.v);
+    for (int j = 0; j < len; ++j) {
+      const float* k_nope = &kvb[size_t(j) * kvb_width + h * (D.nope + D.v)];
+      const float* k_rope = &cache[size_t(j) * D.width + D.lora];
+      for (int d = 0; d < D.nope; ++d) kt[size_t(d) * ldk + j] = k_nope[d];
+      for (int d = 0; d < D.rope; ++d) kt[size_t(D.nope + d) * ldk + j] = k_rope[d];
+      std::copy_n(k_nope + D.nope, D.v, &v[size_t(j) * D.v]);
     }
+    for (int i = 0; i < count; ++i) std::copy_n(&q[(size_t(first + i) * D.heads + h) * D.qk], D.qk, &qh[size_t(i) * D.qk]);
+    HeadAttention a;
+    a.dq = D.qk;
+    a.dv = D.v;
+    a.base = len - count;
+    a.count = count;
+    a.scale = scale;
+    a.q = qh.data();
+    a.kt = kt.data();
+    a.ldk = ldk;
+    a.v = v.data();
+    a.o = oh.data();
+    attend_head(a, mode);
+    for (int i = 0; i < count; ++i) {
+      float* out = &o[(size_t(first + i) * D.heads + h) * D.v];
+      std::copy_n(&oh[size_t(i) * D.v], D.v, out);
+      round_activations({out, size_t(D.v)}, mode);
+    }
+  }
 }
 
 // Absorbed path: attention over the latent itself; kv_b_proj folded into query and output. The
@@ -110,7 +111,7 @@ void attend_absorbed_rows(const AttentionWeights& w, const Dims& D, float scale,
       round_activations(q_latent, mode);
       for (int j = 0; j < visible; ++j)
         scores[j] = (dot(q_latent.data(), rows[j], D.lora) + dot(qh + D.nope, rows[j] + D.lora, D.rope)) * scale;
-      softmax(scores, mode);
+      softmax_probabilities(scores, mode);
       for (int j = 0; j < visible; ++j) add_scaled(scores[j], rows[j], o_latent.data(), D.lora);
       round_activations(o_latent, mode);
       float* oh = &o[(size_t(t) * D.heads + h) * D.v];
