@@ -267,22 +267,26 @@ void prepare_from_codes(Activations& a, bool par) {
   const int K2 = Kp / 2;
   a.xpb_store.resize(size_t(a.panels) * K2 * kPanel);
   uint32_t* xpb = a.xpb_store.data();
+  // The k of each pair's two positions (K: none, a zero), worked out once per product; then each
+  // pair position filled for all the panel's rows (one 128-byte line of the panel at a time).
+  std::vector<int> source(size_t(2) * K2);
+  for (int P = 0; P < 2 * K2; ++P) source[size_t(P)] = std::min(K, panel_source(P, a.permuted, true));
+  std::vector<uint16_t> table(t.bf16.begin(), t.bf16.end());
+  table.push_back(0);  // code 256: the zero past K
 #pragma omp parallel for schedule(static) if (par && a.panels > 1)
   for (int p = 0; p < a.panels; ++p) {
     uint32_t* dst = xpb + size_t(p) * K2 * kPanel;
-    for (int i = 0; i < panel_lanes(M, p); ++i) {
-      const int m = p * kPanel + i;
-      if (m >= M) {
-        for (int kp = 0; kp < K2; ++kp) dst[size_t(kp) * kPanel + i] = 0;
-        continue;
+    const int lanes = panel_lanes(M, p), rows = std::min(lanes, M - p * kPanel);
+    const uint8_t* first = codes + size_t(p) * kPanel * K;
+    for (int kp = 0; kp < K2; ++kp) {
+      const int k_lo = source[size_t(2 * kp)], k_hi = source[size_t(2 * kp) + 1];
+      uint32_t* d = dst + size_t(kp) * kPanel;
+      for (int i = 0; i < rows; ++i) {
+        const uint8_t* row = first + size_t(i) * K;
+        const uint32_t lo = table[k_lo < K ? row[k_lo] : 256], hi = table[k_hi < K ? row[k_hi] : 256];
+        d[i] = lo | (hi << 16);
       }
-      const uint8_t* row = codes + size_t(m) * K;
-      for (int kp = 0; kp < K2; ++kp) {
-        const int k_lo = panel_source(2 * kp, a.permuted, true), k_hi = panel_source(2 * kp + 1, a.permuted, true);
-        const uint32_t lo = k_lo < K ? t.bf16[row[k_lo]] : 0u;
-        const uint32_t hi = k_hi < K ? t.bf16[row[k_hi]] : 0u;
-        dst[size_t(kp) * kPanel + i] = lo | (hi << 16);
-      }
+      for (int i = rows; i < lanes; ++i) d[i] = 0;
     }
   }
   a.xpb = xpb;
@@ -1038,19 +1042,33 @@ void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode) {
   thread_local std::vector<Activations> acts_store;
   if (int(acts_store.size()) < T) acts_store.resize(T);
   Activations* acts = acts_store.data();
-#pragma omp parallel for schedule(dynamic, 1) if (T > 1)
-  for (int i = 0; i < T; ++i)
-    prepare(acts[i], tasks[i].x.data(), tasks[i].M, tasks[i].w->cols, deepseek || tasks[i].xq, tasks[i].xq, T == 1, true);
+  // A task with the same input as the one before it (an expert's gate and up products) uses its
+  // packed activations: the same bytes, prepared once.
+  std::vector<int> packed(static_cast<size_t>(T)), unique;
+  for (int i = 0; i < T; ++i) {
+    const auto& t = tasks[i];
+    const bool same = i > 0 && t.x.data() == tasks[i - 1].x.data() && t.xq == tasks[i - 1].xq && t.M == tasks[i - 1].M &&
+                      t.w->cols == tasks[i - 1].w->cols;
+    packed[size_t(i)] = same ? packed[size_t(i) - 1] : i;
+    if (!same) unique.push_back(i);
+  }
+  const int U = int(unique.size());
+#pragma omp parallel for schedule(dynamic, 1) if (U > 1)
+  for (int u = 0; u < U; ++u) {
+    const int i = unique[size_t(u)];
+    prepare(acts[i], tasks[i].x.data(), tasks[i].M, tasks[i].w->cols, deepseek || tasks[i].xq, tasks[i].xq, U == 1, true);
+  }
   // Phase 2: (task, output block) items, largest products first so that the tail is short.
   std::vector<Job> jobs;
   jobs.reserve(T);
   std::vector<Item> items;
   const int threads = omp_get_max_threads();
   for (int i = 0; i < T; ++i) {
-    jobs.push_back({&acts[i], view(*tasks[i].w), tasks[i].y.data()});
+    jobs.push_back({&acts[packed[size_t(i)]], view(*tasks[i].w), tasks[i].y.data()});
     // Cut each product into 128-row output blocks (decode) or its natural items (prefill).
-    const int target = acts[i].prefill ? 1 : ceil_div(tasks[i].w->rows, kNChunk);
-    add_items(items, i, acts[i], jobs.back().w, T == 1 ? 4 * threads : target);
+    const Activations& a = *jobs.back().a;
+    const int target = a.prefill ? 1 : ceil_div(tasks[i].w->rows, kNChunk);
+    add_items(items, i, a, jobs.back().w, T == 1 ? 4 * threads : target);
   }
   std::stable_sort(items.begin(), items.end(), [&](const Item& l, const Item& r) {
     auto cost = [&](const Item& it) {

@@ -34,6 +34,8 @@ Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const 
   kernels::matmul_bf16(x, T, w.gate, logits);
   r.expert.resize(size_t(T) * K);
   r.weight.resize(size_t(T) * K);
+  // Tokens are independent: one per iteration, spread over the threads.
+#pragma omp parallel for schedule(static) if (T > 1)
   for (int t = 0; t < T; ++t) {
     std::vector<float> score(E), biased(E);
     for (int e = 0; e < E; ++e) {
@@ -53,10 +55,17 @@ Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const 
     std::stable_sort(groups.begin(), groups.end(), [](auto& a, auto& b) { return a.first > b.first; });
     std::vector<char> kept(G, 0);
     for (int i = 0; i < c.topk_group; ++i) kept[groups[i].second] = 1;
-    std::vector<int> order(E);
-    std::iota(order.begin(), order.end(), 0);
+    // The K best keys, ties to the lower expert id (what a stable sort by descending key gives),
+    // by insertion into a sorted list of K: an expert enters only when strictly better.
     auto key = [&](int e) { return kept[e / per_group] ? biased[e] : -INFINITY; };
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return key(a) > key(b); });
+    std::vector<int> order;
+    order.reserve(size_t(K) + 1);
+    for (int e = 0; e < E; ++e) {
+      if (int(order.size()) == K && !(key(e) > key(order.back()))) continue;
+      auto at = std::find_if(order.begin(), order.end(), [&](int o) { return key(e) > key(o); });
+      order.insert(at, e);
+      if (int(order.size()) > K) order.pop_back();
+    }
     float sum = 0;
     for (int k = 0; k < K; ++k) sum += score[order[k]];
     for (int k = 0; k < K; ++k) {
@@ -98,12 +107,11 @@ void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<Ex
     up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->up, u[e], xq});
   }
   kernels::matmul_fp8_grouped(up_tasks, mode);
-  for (int e = 0; e < E; ++e) {
-    const int M = inputs[e].rows;
-    if (M == 0) continue;
-    swiglu(g[e], u[e], mode);
-    down_tasks.push_back({g[e], M, &w.experts[e]->down, outputs[e]});
-  }
+#pragma omp parallel for schedule(dynamic, 8)
+  for (int e = 0; e < E; ++e)
+    if (inputs[e].rows > 0) swiglu(g[e], u[e], mode);
+  for (int e = 0; e < E; ++e)
+    if (inputs[e].rows > 0) down_tasks.push_back({g[e], inputs[e].rows, &w.experts[e]->down, outputs[e]});
   kernels::matmul_fp8_grouped(down_tasks, mode);
 }
 
@@ -131,6 +139,7 @@ void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c
   std::vector<std::vector<float>> outputs;
   run_experts(w, c, inputs, outputs, mode);
   rows.resize(size_t(T) * r.k * d);
+#pragma omp parallel for schedule(static) if (T > 1)
   for (int t = 0; t < T; ++t)
     for (int k = 0; k < r.k; ++k) {
       const auto& out = outputs[r.expert[size_t(t) * r.k + k]];
@@ -146,6 +155,7 @@ void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span
   runner.run(layer, w, c, r, x, T, mode, rows);
   std::vector<float> shared(size_t(T) * d, 0.0f);
   if (w.shared && T > 0) mlp_forward(*w.shared, x, T, shared, mode);
+#pragma omp parallel for schedule(static) if (T > 1)
   for (int t = 0; t < T; ++t)
     for (int j = 0; j < d; ++j) {
       float acc = 0;
