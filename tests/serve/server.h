@@ -23,6 +23,12 @@ inline std::string read_file(const std::filesystem::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// The checkpoint the server tests serve (generated once per build tree), as "tiny".
+inline const std::filesystem::path& tiny_model() {
+  static const auto m = generated_model("tiny");
+  return m;
+}
+
 class ServerProcess {
  public:
   // extra: more `serve` flags. The disk tier goes to dir/kv unless extra names another.

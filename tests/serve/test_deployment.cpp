@@ -23,11 +23,6 @@ namespace {
 
 using nlohmann::json;
 
-const std::filesystem::path& model() {
-  static const auto m = generated_model("tiny");
-  return m;
-}
-
 std::filesystem::path write_deployment(const std::filesystem::path& dir, const std::string& name, const std::string& toml) {
   std::filesystem::create_directories(dir);
   const auto f = dir / name;
@@ -75,11 +70,11 @@ TEST(Deployment, PrefillAndDecodeUnitsAnswerAsOneMixedUnit) {
       dir, "pd.toml", "[[unit]]\nrole = \"prefill\"\nranks = 2\n\n[[unit]]\nrole = \"decode\"\nranks = 2\n");
   std::vector<json> mixed;
   {
-    ServerProcess s(model(), dir / "mixed", "--no-kv-disk --kv-blocks 256 --deployment " + mixed_file.string());
+    ServerProcess s(tiny_model(), dir / "mixed", "--no-kv-disk --kv-blocks 256 --deployment " + mixed_file.string());
     mixed = answers(s);
     EXPECT_EQ(s.stop(), 0);
   }
-  ServerProcess s(model(), dir / "pd", "--no-kv-disk --kv-blocks 256 --deployment " + pd_file.string());
+  ServerProcess s(tiny_model(), dir / "pd", "--no-kv-disk --kv-blocks 256 --deployment " + pd_file.string());
   const std::string endpoint = unit_endpoint(s);
   ASSERT_FALSE(endpoint.empty()) << s.log();
   EXPECT_EQ(pids_with(endpoint).size(), 6u) << "two mpiruns and four ranks";
@@ -183,7 +178,7 @@ TEST(Deployment, FailedUnitsRetryRestartOrEndTheirRequests) {
                                      "[[unit]]\nname = \"prefill-b\"\nrole = \"prefill\"\nranks = 1\nrestart = false\n\n"
                                      "[[unit]]\nname = \"decode-a\"\nrole = \"decode\"\nranks = 1\nrestart = false\n\n"
                                      "[[unit]]\nname = \"decode-b\"\nrole = \"decode\"\nranks = 1\nrestart = false\n");
-  ServerProcess s(model(), dir, "--no-kv-disk --kv-blocks 512 --step-tokens 128 --deployment " + file.string());
+  ServerProcess s(tiny_model(), dir, "--no-kv-disk --kv-blocks 512 --step-tokens 128 --deployment " + file.string());
   const std::string endpoint = unit_endpoint(s);
   ASSERT_FALSE(endpoint.empty()) << s.log();
   const std::vector<std::string> names = {"prefill-a", "prefill-b", "decode-a", "decode-b"};
@@ -268,7 +263,7 @@ TEST(Deployment, BadDeploymentFileIsNamedAtStart) {
   const auto file = write_deployment(dir, "typo.toml", "[[unit]]\nrole = \"prefill\"\nrank = 2\n");
   std::string message;
   try {
-    ServerProcess s(model(), dir, "--no-kv-disk --kv-blocks 64 --deployment " + file.string());
+    ServerProcess s(tiny_model(), dir, "--no-kv-disk --kv-blocks 64 --deployment " + file.string());
   } catch (const std::exception& e) {
     message = e.what();
   }

@@ -18,11 +18,6 @@ namespace {
 
 using nlohmann::json;
 
-const std::filesystem::path& model() {
-  static const auto m = generated_model("tiny");
-  return m;
-}
-
 std::string shell_quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
@@ -56,7 +51,7 @@ std::vector<json> sse_events(const std::string& body) {
 int count_prompt_tokens(const std::string& user_text, const std::filesystem::path& dir) {
   const auto f = dir / "messages.json";
   std::ofstream(f) << json::array({{{"role", "user"}, {"content", user_text}}}).dump();
-  const auto r = run_command(epserve_binary().string() + " tokenize --model " + model().string() + " --chat " + f.string() +
+  const auto r = run_command(epserve_binary().string() + " tokenize --model " + tiny_model().string() + " --chat " + f.string() +
                              " --add-generation-prompt");
   return int(json::parse(r.output).size());
 }
@@ -80,7 +75,7 @@ void expect_error_body(const json& j, const std::string& what) {
 
 TEST(Serve, CurlChatCompletionsStreamingAndMetrics) {
   const auto dir = scratch_dir("serve-curl");
-  ServerProcess s(model(), dir);
+  ServerProcess s(tiny_model(), dir);
   auto [hs, health] = curl(s, s.url() + "/health");
   EXPECT_EQ(hs, 200);
   EXPECT_EQ(json::parse(health)["status"], "ok");
@@ -162,7 +157,7 @@ TEST(Serve, CurlChatCompletionsStreamingAndMetrics) {
 }
 
 TEST(Serve, StopSequencesAcrossTokenBoundaries) {
-  ServerProcess s(model(), scratch_dir("serve-stop"));
+  ServerProcess s(tiny_model(), scratch_dir("serve-stop"));
   json body = {{"model", "tiny"}, {"prompt", "The quick brown fox"}, {"max_tokens", 24},
                {"temperature", 0}, {"ignore_eos", true}, {"logprobs", 0}};
   int status;
@@ -199,7 +194,7 @@ TEST(Serve, StopSequencesAcrossTokenBoundaries) {
 }
 
 TEST(Serve, RepeatedLongPrefixIsCachedAndFaster) {
-  ServerProcess s(model(), scratch_dir("serve-prefix"), "--step-tokens 128 --no-kv-disk");
+  ServerProcess s(tiny_model(), scratch_dir("serve-prefix"), "--step-tokens 128 --no-kv-disk");
   std::string prompt;
   for (int i = 0; i < 120; ++i) prompt += "Sentence number " + std::to_string(i) + " talks about caching. ";
   const json body = {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 1}, {"temperature", 0}};
@@ -235,7 +230,7 @@ TEST(Serve, RepeatedLongPrefixIsCachedAndFaster) {
 }
 
 TEST(Serve, BadRequestsGetOpenAIErrorsWhileStreamsContinue) {
-  ServerProcess s(model(), scratch_dir("serve-errors"), "--max-context 512 --max-body-bytes 65536");
+  ServerProcess s(tiny_model(), scratch_dir("serve-errors"), "--max-context 512 --max-body-bytes 65536");
   // Streams in flight the whole time.
   std::vector<std::thread> streams;
   std::vector<std::string> bodies(3);
@@ -328,7 +323,7 @@ void expect_no_leaked_blocks(const ServerProcess& s) {
 }
 
 TEST(Serve, FuzzedBodiesNeverCrashHangOrLeak) {
-  ServerProcess s(model(), scratch_dir("serve-fuzz"), "--max-context 256 --default-max-tokens 3 --max-body-bytes 65536");
+  ServerProcess s(tiny_model(), scratch_dir("serve-fuzz"), "--max-context 256 --default-max-tokens 3 --max-body-bytes 65536");
   std::mt19937_64 rng(12345);
   const std::vector<json> values = {nullptr, true, false, 0, -1, 1, 3, 2.5, -1e308, 1e308, 1e9, "", "x", "tiny",
                                     json::array(), json::array({1, 2}), json::array({"a"}), json::object(),
@@ -393,7 +388,7 @@ int open_stream(const ServerProcess& s, const json& body, const std::string& ext
 
 TEST(Serve, DisconnectedClientCancelsAndFreesBlocks) {
   const auto dir = scratch_dir("serve-disconnect");
-  ServerProcess s(model(), dir, "--no-kv-disk");
+  ServerProcess s(tiny_model(), dir, "--no-kv-disk");
   std::string prompt;
   for (int i = 0; i < 50; ++i) prompt += "long prompt to hold blocks ";
   const int fd = open_stream(s, {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 2000}, {"ignore_eos", true}, {"stream", true}});
@@ -418,7 +413,7 @@ TEST(Serve, DisconnectedClientCancelsAndFreesBlocks) {
 // worker, cancels the request (ledger status 499, finish "cancelled") and the KV blocks come back.
 TEST(Serve, NonStreamingDisconnectCancelsAndFreesBlocks) {
   const auto dir = scratch_dir("serve-disconnect-plain");
-  ServerProcess s(model(), dir, "--no-kv-disk");
+  ServerProcess s(tiny_model(), dir, "--no-kv-disk");
   std::string prompt;
   for (int i = 0; i < 50; ++i) prompt += "long prompt to hold blocks ";
   const json body = {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 20000}, {"ignore_eos", true}};
@@ -468,7 +463,7 @@ TEST(Serve, NonStreamingDisconnectCancelsAndFreesBlocks) {
 // finish_details {type: "timeout"} on the choice (plain and streamed); the ledger says "timeout".
 TEST(Serve, RequestTimeoutEndsWithLengthAndFinishDetails) {
   const auto dir = scratch_dir("serve-timeout");
-  ServerProcess s(model(), dir, "--no-kv-disk --request-timeout 0.3");
+  ServerProcess s(tiny_model(), dir, "--no-kv-disk --request-timeout 0.3");
   const json body = {{"model", "tiny"}, {"prompt", "Tell me a long story"}, {"max_tokens", 20000}, {"ignore_eos", true}};
   int status;
   const json plain = post_json(s, "/v1/completions", body, &status);
@@ -511,7 +506,7 @@ TEST(Serve, RequestTimeoutEndsWithLengthAndFinishDetails) {
 }
 
 TEST(Serve, ApiKeyAndQueueLimit) {
-  ServerProcess s(model(), scratch_dir("serve-auth"), "--api-key s3cret --max-running 1 --max-queue 1 --no-kv-disk");
+  ServerProcess s(tiny_model(), scratch_dir("serve-auth"), "--api-key s3cret --max-running 1 --max-queue 1 --no-kv-disk");
   const std::string body = chat_body("hi", 2).dump();
   auto c = s.client();
   auto none = c.Post("/v1/chat/completions", body, "application/json");
@@ -547,7 +542,7 @@ TEST(Serve, ApiKeyAndQueueLimit) {
 
 TEST(Serve, SigtermDrainsInFlightAndExitsZero) {
   const auto dir = scratch_dir("serve-drain");
-  ServerProcess s(model(), dir);
+  ServerProcess s(tiny_model(), dir);
   std::string streamed;
   std::thread t([&] {
     auto r = s.client().Post("/v1/chat/completions", chat_body("drain me", 60, true).dump(), "application/json");
@@ -578,7 +573,7 @@ TEST(Serve, DiskTierHitsAfterRestartAndCorruptFilesAreMisses) {
   int status, n;
   std::string reference;
   {
-    ServerProcess a(model(), dir);
+    ServerProcess a(tiny_model(), dir);
     const json r = post_json(a, "/v1/completions", body, &status);
     ASSERT_EQ(status, 200);
     n = r["usage"]["prompt_tokens"];
@@ -592,7 +587,7 @@ TEST(Serve, DiskTierHitsAfterRestartAndCorruptFilesAreMisses) {
   for (const auto& e : std::filesystem::directory_iterator(dir / "kv")) files.push_back(e.path());
   EXPECT_GE(int(files.size()), hit / 64);
   {
-    ServerProcess b(model(), dir);  // fresh RAM: only the disk has the prefix
+    ServerProcess b(tiny_model(), dir);  // fresh RAM: only the disk has the prefix
     const json r = post_json(b, "/v1/completions", body, &status);
     ASSERT_EQ(status, 200);
     EXPECT_EQ(r["usage"]["prompt_tokens_details"]["cached_tokens"], hit);
@@ -612,7 +607,7 @@ TEST(Serve, DiskTierHitsAfterRestartAndCorruptFilesAreMisses) {
       f.put('\x24');
     }
   }
-  ServerProcess c(model(), dir);
+  ServerProcess c(tiny_model(), dir);
   const json r = post_json(c, "/v1/completions", body, &status);
   ASSERT_EQ(status, 200);
   EXPECT_EQ(r["choices"][0]["text"], reference);  // recomputed, never a wrong answer

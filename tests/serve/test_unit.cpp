@@ -17,11 +17,6 @@ namespace {
 
 using nlohmann::json;
 
-const std::filesystem::path& model() {
-  static const auto m = generated_model("tiny");
-  return m;
-}
-
 const std::vector<std::string> kPrompts = {"Hello there", "What is the capital of France? Answer briefly.",
                                            "Write a haiku about expert parallelism", "1 2 3 4 5 6 7 8"};
 
@@ -50,11 +45,11 @@ TEST(Unit, TwoRanksMatchSingleProcessThenDrainOnSigterm) {
   const auto dir = scratch_dir("unit-match");
   std::vector<json> single;
   {
-    ServerProcess s(model(), dir / "single", "--no-kv-disk --kv-blocks 512");
+    ServerProcess s(tiny_model(), dir / "single", "--no-kv-disk --kv-blocks 512");
     single = sequential_answers(s);
     EXPECT_EQ(s.stop(), 0);
   }
-  ServerProcess s(model(), dir / "unit", "--no-kv-disk --kv-blocks 512 --unit-ranks 2");
+  ServerProcess s(tiny_model(), dir / "unit", "--no-kv-disk --kv-blocks 512 --unit-ranks 2");
   const std::string endpoint = unit_endpoint(s);
   ASSERT_FALSE(endpoint.empty()) << s.log();
   EXPECT_EQ(pids_with(endpoint).size(), 3u) << "mpirun and two ranks";
@@ -91,7 +86,7 @@ TEST(Unit, TwoRanksMatchSingleProcessThenDrainOnSigterm) {
 
 TEST(Unit, RankKilledEndsRequestsWithErrorThenTheUnitRestarts) {
   const auto dir = scratch_dir("unit-kill");
-  ServerProcess s(model(), dir, "--no-kv-disk --kv-blocks 512 --unit-ranks 2");
+  ServerProcess s(tiny_model(), dir, "--no-kv-disk --kv-blocks 512 --unit-ranks 2");
   const std::string endpoint = unit_endpoint(s);
   ASSERT_FALSE(endpoint.empty()) << s.log();
   // Two long streams (one per rank), then kill -9 one rank while they run.
@@ -143,7 +138,7 @@ TEST(Unit, UnitThatCannotStartSaysWhy) {
   const auto t0 = clock_type::now();
   std::string message;
   try {
-    ServerProcess s(model(), dir, "--no-kv-disk --kv-blocks 64 --unit-ranks 2 --placement " + (dir / "bad.json").string());
+    ServerProcess s(tiny_model(), dir, "--no-kv-disk --kv-blocks 64 --unit-ranks 2 --placement " + (dir / "bad.json").string());
   } catch (const std::exception& e) {
     message = e.what();
   }
