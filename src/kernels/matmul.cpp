@@ -6,7 +6,7 @@
 //   rows; threads take contiguous row ranges.
 // - prefill (M > kDecodeMaxM): compute-bound. Activations are packed once per call into panels of
 //   32 rows, k-major ([k][32], or [k/2][32][2] BF16 pairs); a 128-row × 128-k tile of weights is
-//   dequantized once into a cache-resident buffer in its natural [n][k] layout; a 12 × 32
+//   dequantized once into a cache-resident buffer in its natural [n][k] layout; an 8 × 32
 //   register-blocked microkernel (weights broadcast, activations as vectors) computes each 128-wide
 //   partial sum, which is scaled and added to an FP32 tile: the twin's structure (FP32 partial sums
 //   per 128-block, times the twin's scale product, accumulated in block order), the terms of each
@@ -34,9 +34,9 @@ namespace {
 
 constexpr int kDecodeMaxM = 8;    // up to this many rows: the streaming (decode) kernels
 constexpr int kPanel = 32;        // prefill activation rows per panel (two 16-float vectors)
-constexpr int kNr = 12;           // prefill weight rows per microkernel call
+constexpr int kNr = 8;           // prefill weight rows per microkernel call
 constexpr int kNChunk = kQuantBlock;  // weight rows per work item (one scale block)
-constexpr int kNChunkPad = ceil_div(kNChunk, kNr) * kNr;  // 132
+constexpr int kNChunkPad = ceil_div(kNChunk, kNr) * kNr;  // 128 with kNr 8
 constexpr int kItemPanels = 4;    // prefill activation panels per work item (128 rows)
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
