@@ -261,6 +261,7 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
   struct EngineOpts {
     std::string model_dir, cases = "prefill:1x256,decode:1@128,decode:8@128,decode:32@128";
     std::string fit;
+    std::vector<std::string> keep;
     std::vector<std::string> measured, check;
     int reps = 5;
     bool json = false;
@@ -272,6 +273,10 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
   eng->add_option("--cases", eng_o->cases, "prefill:PROMPTSxLENGTH and decode:BATCH@CONTEXT, comma-separated")
       ->capture_default_str();
   eng->add_option("--reps", eng_o->reps, "timed repetitions per case (the best counts)")->capture_default_str();
+  eng->add_option("--keep", eng_o->keep,
+                  "with --fit: efficiencies held at the preset's values (comma-separated: hbm, decode_flop, gemm, "
+                  "dequant, attn, hbm_dot, attn_prefill), e.g. the decode ones after a prefill-only change")
+      ->delimiter(',');
   eng->add_option("--fit", eng_o->fit,
                   "refit the cpu preset's constants to these cases of the measurements (same syntax as --cases) "
                   "and predict every case with the fit");
@@ -467,7 +472,7 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
               }
           }
         }
-        const CpuFit fit = fit_cpu_efficiencies(points);
+        const CpuFit fit = fit_cpu_efficiencies(points, eng_o->keep);
         for (auto& st : sets) fit.apply(st.hw);
         nlohmann::json f = nlohmann::json::object();
         for (size_t i = 0; i < fit.names.size(); ++i) f[fit.names[i]] = fit.values[i];

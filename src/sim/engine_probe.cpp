@@ -167,12 +167,13 @@ double* knob(Hardware& h, int i) {
     case 2: return &h.gemm_eff;
     case 3: return &h.dequant_eff;
     case 4: return &h.attn_eff;
-    default: return &h.hbm_dot_eff;
+    case 5: return &h.hbm_dot_eff;
+    default: return &h.attn_prefill_eff;
   }
 }
 // Every knob is an efficiency (time ∝ 1/value). (A fixed cost per product was tried: the fit over
 // two layer counts gave it a negative value.)
-constexpr int kKnobs = 6;
+constexpr int kKnobs = 7;
 bool inverse(int) { return true; }
 
 // Solves the normal equations A x = b (n small) by Gaussian elimination with partial pivoting.
@@ -201,40 +202,64 @@ std::vector<double> solve(std::vector<std::vector<double>> A, std::vector<double
 
 void CpuFit::apply(Hardware& hw) const {
   for (size_t j = 0; j < values.size(); ++j) *knob(hw, int(j)) = values[j];
-  hw.attn_prefill_eff = hw.mla_decode_flop_eff = hw.attn_eff;
+  hw.mla_decode_flop_eff = hw.attn_eff;
   hw.mla_decode_mem_eff = hw.hbm_eff;
 }
 
-CpuFit fit_cpu_efficiencies(const std::vector<FitPoint>& points) {
+CpuFit fit_cpu_efficiencies(const std::vector<FitPoint>& points, const std::vector<std::string>& keep) {
   constexpr int K = kKnobs;
-  EPS_REQUIRE(points.size() >= size_t(K), "the fit needs at least " + std::to_string(K) + " measured cases");
+  const std::vector<std::string> names = {"hbm", "decode_flop", "gemm", "dequant", "attn", "hbm_dot", "attn_prefill"};
+  std::vector<bool> held(K, false);
+  for (const auto& k : keep) {
+    const auto it = std::find(names.begin(), names.end(), k);
+    EPS_REQUIRE(it != names.end(), "no efficiency '" + k + "' to keep (hbm, decode_flop, gemm, dequant, attn, hbm_dot, attn_prefill)");
+    held[size_t(it - names.begin())] = true;
+  }
+  std::vector<int> free;
+  for (int j = 0; j < K; ++j)
+    if (!held[size_t(j)]) free.push_back(j);
+  const int F = int(free.size());
+  EPS_REQUIRE(F > 0, "every efficiency is kept: nothing to fit");
+  EPS_REQUIRE(points.size() >= size_t(F), "the fit needs at least " + std::to_string(F) + " measured cases");
   // Column j, row i: point i's time with knob j = 1 and every other term switched off, over the
-  // measured time; the prediction is Σ_j column_j / eff_j (efficiencies) + column_j · value_j (fixed).
+  // measured time; the prediction is Σ_j column_j / eff_j. Held knobs' terms (at the point's own
+  // preset value) are moved to the right-hand side: Σ_free column_j x_j ≈ 1 − Σ_held column_j / eff_j.
   std::vector<std::vector<double>> X(points.size(), std::vector<double>(K));
+  std::vector<double> rhs(points.size(), 1.0);
   for (size_t i = 0; i < points.size(); ++i) {
     EPS_REQUIRE(points[i].hw.cpu_kernels, "only the cpu preset is fitted to the engine");
     for (int j = 0; j < K; ++j) {
       Hardware h = points[i].hw;
       for (int q = 0; q < K; ++q) *knob(h, q) = q == j ? 1.0 : inverse(q) ? 1e30 : 0.0;
       X[i][j] = predict_engine_step_ms(h, points[i].cfg, points[i].c) / points[i].measured_ms;
+      if (held[size_t(j)]) {
+        Hardware p = points[i].hw;
+        rhs[i] -= X[i][j] / *knob(p, j);
+      }
     }
   }
-  std::vector<std::vector<double>> A(K, std::vector<double>(K, 0));
-  std::vector<double> b(K, 0);
+  std::vector<std::vector<double>> A(F, std::vector<double>(F, 0));
+  std::vector<double> b(F, 0);
   for (size_t i = 0; i < points.size(); ++i)
-    for (int r = 0; r < K; ++r) {
-      b[r] += X[i][r];
-      for (int c = 0; c < K; ++c) A[r][c] += X[i][r] * X[i][c];
+    for (int r = 0; r < F; ++r) {
+      b[r] += X[i][free[r]] * rhs[i];
+      for (int c = 0; c < F; ++c) A[r][c] += X[i][free[r]] * X[i][free[c]];
     }
   const auto x = solve(A, b);
   CpuFit fit;
-  fit.names = {"hbm", "decode_flop", "gemm", "dequant", "attn", "hbm_dot"};
+  fit.names = names;
   for (int j = 0; j < K; ++j) {
-    EPS_REQUIRE(x[j] > 0, "the fit gave '" + fit.names[j] +
-                              "' no positive value: add cases where it matters (decode at batch 1 and 8 for hbm "
-                              "and decode_flop, prefill for gemm and dequant, long contexts for attn, batch 1 "
-                              "on two layer counts for hbm_dot)");
-    fit.values.push_back(inverse(j) ? 1 / x[j] : x[j]);
+    if (held[size_t(j)]) {
+      Hardware p = points.front().hw;
+      fit.values.push_back(*knob(p, j));
+      continue;
+    }
+    const double v = x[size_t(std::find(free.begin(), free.end(), j) - free.begin())];
+    EPS_REQUIRE(v > 0, "the fit gave '" + names[size_t(j)] +
+                           "' no positive value: add cases where it matters (decode at batch 1 and 8 for hbm "
+                           "and decode_flop, prefill for gemm and dequant, long contexts for attn, batch 1 "
+                           "on two layer counts for hbm_dot, long prompts for attn_prefill)");
+    fit.values.push_back(inverse(j) ? 1 / v : v);
   }
   return fit;
 }

@@ -50,7 +50,8 @@ std::vector<EngineTiming> measure_engine(model::Model& m, const std::vector<Engi
 // The simulator's single-rank step for the case (predict_single_rank_step_ms), in ms.
 double predict_engine_step_ms(const Hardware& hw, const model::ModelConfig& cfg, const EngineCase& e);
 
-// The cpu preset's fitted constants: efficiencies hbm, decode_flop, gemm, dequant, attn, hbm_dot. The
+// The cpu preset's fitted constants: efficiencies hbm, decode_flop, gemm, dequant, attn, hbm_dot,
+// attn_prefill. The
 // prediction is a sum of terms, each inversely proportional to one efficiency, so the fit is linear
 // least squares in their inverses on relative errors
 // (predicted / measured − 1) over the points, each with the ceilings measured with it.
@@ -65,7 +66,9 @@ struct CpuFit {
   std::vector<double> values;
   void apply(Hardware& hw) const;  // sets the fitted constants (ceilings unchanged)
 };
-CpuFit fit_cpu_efficiencies(const std::vector<FitPoint>& points);
+// `keep`: knobs held at the points' preset values (e.g. the decode ones when only the prefill
+// kernels changed); the others are fitted around them.
+CpuFit fit_cpu_efficiencies(const std::vector<FitPoint>& points, const std::vector<std::string>& keep = {});
 
 nlohmann::json engine_timing_json(const EngineTiming& t, double predicted_ms);
 

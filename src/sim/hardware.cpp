@@ -89,20 +89,24 @@ Hardware cpu_preset(const CpuMeasurement& m) {
   h.usd_per_gpu_hour = 0.5;  // placeholder [A]
   h.kv_read_gbps_per_node = 2;  // placeholder [A]
   h.comm_sms_prefill = 0;
-  h.gemm_row_tile = 16;  // prefill panels: 32 rows in two vectors, a last one of ≤ 16 rows in one
+  h.gemm_row_tile = 32;  // prefill panels of 32 rows (a last one of ≤ 16 in one vector costs about as much: its
+                         // microkernel broadcasts as many weights for half the multiply-adds)
   h.decode_max_m = 8;    // kernels' kDecodeMaxM
-  // FITTED (2026-12-01 05:35 UTC, this repo's 2-core AMD EPYC, one thread, quiet) by `epserve sim
-  // engine --fit` to the 8-layer and 5-layer bench preset (prefill 1x128, 1x256, 2x256; decode 1, 4,
-  // 8, 16, 32, 64 at 128 context, 8 at 512, 1 at 1024); the 3-layer one is held out (within 11%).
-  // docs/PERFORMANCE.md "Simulator" has the commands and every case.
+  // FITTED by `epserve sim engine --fit` on this repo's 2-core AMD EPYC, one thread, quiet
+  // (docs/PERFORMANCE.md "Simulator" has the commands and every case). The decode kernels' three
+  // (hbm, hbm_dot, decode_flop) at 05:35 UTC to the 8- and 5-layer bench preset; the prefill and
+  // attention ones at 06:10 UTC, after the blocked attention kernel and the 8-row prefill
+  // microkernel, with those three held (`--keep`): prefill 1x128, 1x256, 2x256, 1x512, 4x64,
+  // 1x1024 and decode 1, 4, 8, 16, 32, 64 at 128 context, 8 at 512, 1 at 1024. The 3-layer
+  // configuration is held out (within 9%).
   h.hbm_eff = 0.82;          // FP8 decode kernels stream weights at this fraction of the read bandwidth
   h.hbm_dot_eff = 0.79;      // the BF16-dot decode kernel (lm_head) streams its BF16 weights so
-  h.decode_flop_eff = 0.57;  // ... plus the decode kernels' multiply-adds at this fraction of the peak
-  h.gemm_eff = 0.36;         // prefill kernels' multiply-adds (rows padded to 16) vs the dot / FMA peak
-  h.dequant_eff = 0.0161;    // prefill kernels: an FP8 weight widened per 128-row block costs the
-                             // time of ~60 flops at the FMA peak
-  h.attn_eff = 0.101;        // attention loops (FP32 dot products): about 1/10 of the FMA peak
-  h.attn_prefill_eff = h.attn_eff;
+  h.decode_flop_eff = 0.57;  // ... plus their multiply-adds at this fraction of the FMA peak
+  h.gemm_eff = 0.48;         // prefill kernels' multiply-adds (rows padded to 32) vs the dot / FMA peak
+  h.dequant_eff = 0.0488;    // prefill kernels: an FP8 weight widened per 128-row block costs the
+                             // time of ~20 flops at the FMA peak
+  h.attn_eff = 0.122;        // the absorbed (decode) attention loops: about 1/8 of the FMA peak
+  h.attn_prefill_eff = 0.112;  // the naive path's blocked causal kernel (src/model/attention_core.cpp)
   h.mla_decode_flop_eff = h.attn_eff;
   h.mla_decode_mem_eff = h.hbm_eff;
   // Ranks on one host exchange through shared memory (the "NVLink" of this preset): FITTED to

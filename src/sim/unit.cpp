@@ -132,7 +132,8 @@ std::vector<StageCost> compute_stages(const Ctx& x, const Workload& w, double n,
     const double ctx = w.kv_len * (1 + w.hit) / 2;
     const double f = n * 2 * (h / tp) * ((nope + rope) + vd) * ctx;
     a1.flops += f;
-    core = x.hw.cpu_kernels ? f / (x.hw.fp32_tflops * 1e12 * x.hw.attn_eff)
+    // (cpu preset: epserve's blocked causal kernel, src/model/attention_core.cpp, FP32 FMAs)
+    core = x.hw.cpu_kernels ? f / (x.hw.fp32_tflops * 1e12 * x.hw.attn_prefill_eff)
                             : f / (x.hw.bf16_tflops * 1e12 * x.hw.attn_prefill_eff * x.sm_frac);
   }
   t = core + gemm(x, mt, d / tp, h * vd, 1, false, a1.flops, a1.bytes);

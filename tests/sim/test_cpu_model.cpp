@@ -23,25 +23,42 @@ Hardware fixed_cpu() {
   return cpu_preset(m);
 }
 
-TEST(CpuModel, FitRecoversKnownConstants) {
-  Hardware truth = fixed_cpu();
-  truth.hbm_eff = 0.7, truth.decode_flop_eff = 0.4, truth.gemm_eff = 0.3, truth.dequant_eff = 0.02,
-  truth.attn_eff = 0.05, truth.hbm_dot_eff = 0.85;
+std::vector<FitPoint> points_from(const Hardware& truth) {
   std::vector<FitPoint> points;
   for (int layers : {8, 5}) {
     auto cfg = epserve::model::ModelConfig::preset("bench");
     cfg.num_hidden_layers = layers;
-    for (const auto& c : parse_engine_cases("prefill:1x256,prefill:2x256,decode:1@128,decode:8@128,decode:32@128,"
-                                            "decode:64@128,decode:8@512,decode:1@1024"))
+    for (const auto& c : parse_engine_cases("prefill:1x256,prefill:2x256,prefill:4x64,prefill:1x1024,decode:1@128,"
+                                            "decode:8@128,decode:32@128,decode:64@128,decode:8@512,decode:1@1024"))
       points.push_back({fixed_cpu(), cfg, c, predict_engine_step_ms(truth, cfg, c)});
   }
+  return points;
+}
+
+TEST(CpuModel, FitRecoversKnownConstants) {
+  Hardware truth = fixed_cpu();
+  truth.hbm_eff = 0.7, truth.decode_flop_eff = 0.4, truth.gemm_eff = 0.3, truth.dequant_eff = 0.02,
+  truth.attn_eff = 0.05, truth.hbm_dot_eff = 0.85, truth.attn_prefill_eff = 0.2;
+  const auto points = points_from(truth);
   const CpuFit fit = fit_cpu_efficiencies(points);
-  ASSERT_EQ(fit.values.size(), 6u);
-  const double want[] = {0.7, 0.4, 0.3, 0.02, 0.05, 0.85};
-  for (size_t i = 0; i < 6; ++i) EXPECT_NEAR(fit.values[i], want[i], 1e-6 * want[i]) << fit.names[i];
+  ASSERT_EQ(fit.values.size(), 7u);
+  const double want[] = {0.7, 0.4, 0.3, 0.02, 0.05, 0.85, 0.2};
+  for (size_t i = 0; i < 7; ++i) EXPECT_NEAR(fit.values[i], want[i], 1e-6 * want[i]) << fit.names[i];
   Hardware h = fixed_cpu();
   fit.apply(h);
   for (const auto& p : points) EXPECT_NEAR(predict_engine_step_ms(h, p.cfg, p.c), p.measured_ms, 1e-6 * p.measured_ms);
+}
+
+// Held knobs stay at the preset's values (the points' hardware) and the others are fitted around them.
+TEST(CpuModel, FitKeepsHeldConstants) {
+  Hardware truth = fixed_cpu();
+  truth.gemm_eff = 0.33, truth.dequant_eff = 0.03, truth.attn_prefill_eff = 0.25;  // the rest: the preset's
+  const auto points = points_from(truth);
+  const CpuFit fit = fit_cpu_efficiencies(points, {"hbm", "decode_flop", "attn", "hbm_dot"});
+  const Hardware preset = fixed_cpu();
+  const double want[] = {preset.hbm_eff, preset.decode_flop_eff, 0.33, 0.03, preset.attn_eff, preset.hbm_dot_eff, 0.25};
+  for (size_t i = 0; i < 7; ++i) EXPECT_NEAR(fit.values[i], want[i], 1e-6 * want[i]) << fit.names[i];
+  EXPECT_THROW(fit_cpu_efficiencies(points, {"hbm", "nonsense"}), epserve::Error);
 }
 
 TEST(CpuModel, StepGrowsWithBatchContextAndLayers) {
