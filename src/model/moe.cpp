@@ -120,20 +120,32 @@ void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c
   const int E = c.n_routed_experts, d = c.hidden_size, blocks = kernels::ceil_div(d, kernels::kQuantBlock);
   kernels::Fp8Rows xq;
   if (mode == Numerics::kDeepSeek) kernels::quantize_rows_fp8(x, T, d, xq);
+  // Each (token, choice) gets the next row of its expert's input, in token order; the rows are then
+  // copied in parallel (every copy has its own destination).
   std::vector<ExpertInput> inputs(E);
   std::vector<int> slot(size_t(T) * r.k);
   for (int t = 0; t < T; ++t)
+    for (int k = 0; k < r.k; ++k) slot[size_t(t) * r.k + k] = inputs[r.expert[size_t(t) * r.k + k]].rows++;
+  for (auto& in : inputs) {
+    if (mode == Numerics::kExact) {
+      in.f32.resize(size_t(in.rows) * d);
+    } else {
+      in.fp8.codes.resize(size_t(in.rows) * d);
+      in.fp8.scales.resize(size_t(in.rows) * blocks);
+      in.fp8.rows = in.rows;
+      in.fp8.cols = d;
+    }
+  }
+#pragma omp parallel for schedule(static) if (T > 1)
+  for (int t = 0; t < T; ++t)
     for (int k = 0; k < r.k; ++k) {
       auto& in = inputs[r.expert[size_t(t) * r.k + k]];
-      slot[size_t(t) * r.k + k] = in.rows++;
+      const size_t row = size_t(slot[size_t(t) * r.k + k]);
       if (mode == Numerics::kExact) {
-        in.f32.insert(in.f32.end(), x.begin() + size_t(t) * d, x.begin() + size_t(t + 1) * d);
+        std::copy_n(x.begin() + size_t(t) * d, d, in.f32.begin() + row * d);
       } else {
-        in.fp8.codes.insert(in.fp8.codes.end(), xq.codes.begin() + size_t(t) * d, xq.codes.begin() + size_t(t + 1) * d);
-        in.fp8.scales.insert(in.fp8.scales.end(), xq.scales.begin() + size_t(t) * blocks,
-                             xq.scales.begin() + size_t(t + 1) * blocks);
-        in.fp8.rows = in.rows;
-        in.fp8.cols = d;
+        std::copy_n(xq.codes.begin() + size_t(t) * d, d, in.fp8.codes.begin() + row * d);
+        std::copy_n(xq.scales.begin() + size_t(t) * blocks, blocks, in.fp8.scales.begin() + row * blocks);
       }
     }
   std::vector<std::vector<float>> outputs;
