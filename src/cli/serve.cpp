@@ -93,19 +93,14 @@ int serve(const ServeArgs& a) {
     serve::log_warn("no_chat_template", {{"detail", e.what()}});
   }
 
-  serve::EngineWorkerOptions wo;
-  wo.numerics = numerics;
-  const std::string dtype = numerics == kernels::Numerics::kExact ? "f32" : "bf16";
+  serve::EngineWorkerOptions wo = serve::model_worker_options(a.model_dir, numerics, tok, c.vocab_size);
   const double block_bytes = double(model::kKvBlockTokens) * (c.kv_lora_rank + c.qk_rope_head_dim) *
-                             c.num_hidden_layers * (dtype == "f32" ? 4 : 2);
+                             c.num_hidden_layers * (numerics == kernels::Numerics::kExact ? 4 : 2);
   wo.kv_blocks = a.kv_blocks > 0 ? a.kv_blocks : std::max(4, int(std::min(1e6, a.kv_memory_gb * 1e9 / block_bytes)));
   wo.step_tokens = a.step_tokens;
   wo.max_running = a.max_running;
   wo.max_waiting = a.max_queue;
   wo.max_context = a.max_context;
-  wo.allowed.assign(size_t(c.vocab_size), false);
-  for (int id = 0; id < c.vocab_size; ++id) wo.allowed[size_t(id)] = tok.is_known(id);
-  wo.model_id = kvcache::model_identity(a.model_dir, dtype);
   wo.disk = !a.no_kv_disk;
   wo.disk_dir = a.kv_disk_dir.empty() ? cache_root() / "kv" / kvcache::hash_hex(wo.model_id) : fs::path(a.kv_disk_dir);
   wo.disk_capacity_bytes = uint64_t(a.kv_disk_gb * 1e9);

@@ -25,7 +25,6 @@
 #include "cli/parse.h"
 #include "dist/expert_parallel_runner.h"
 #include "dist/mpi_comm.h"
-#include "kvcache/block_hash.h"
 #include "model/weights.h"
 #include "serve/engine_worker.h"
 #include "serve/log.h"
@@ -102,17 +101,12 @@ int serve_rank(const UnitArgs& a, dist::MpiComm& comm) {
   model.set_expert_runner(std::move(runner));
   const auto tok = tokenizer::Tokenizer::load(a.model_dir);
 
-  serve::EngineWorkerOptions wo;
-  wo.numerics = numerics;
-  const std::string dtype = numerics == kernels::Numerics::kExact ? "f32" : "bf16";
+  serve::EngineWorkerOptions wo = serve::model_worker_options(a.model_dir, numerics, tok, config.vocab_size);
   wo.kv_blocks = a.kv_blocks;
   wo.step_tokens = a.step_tokens;
   wo.max_running = a.max_running;
   wo.max_waiting = a.max_queue;
   wo.max_context = a.max_context;
-  wo.allowed.assign(size_t(config.vocab_size), false);
-  for (int id = 0; id < config.vocab_size; ++id) wo.allowed[size_t(id)] = tok.is_known(id);
-  wo.model_id = kvcache::model_identity(a.model_dir, dtype);
   wo.disk = !a.no_kv_disk && !a.kv_disk_dir.empty();
   // Each rank keeps its own disk tier (its own LRU and files); a shared directory is the next step.
   if (wo.disk) wo.disk_dir = fs::path(a.kv_disk_dir) / ("rank" + std::to_string(rank) + "of" + std::to_string(ranks));

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kvcache/block_hash.h"
 #include "kvcache/disk_tier.h"
 #include "kvcache/prefix_index.h"
 #include "serve/log.h"
@@ -535,6 +536,16 @@ struct EngineWorker::Impl {
     publish();
   }
 };
+
+EngineWorkerOptions model_worker_options(const std::filesystem::path& model_dir, kernels::Numerics numerics,
+                                         const tokenizer::Tokenizer& tok, int vocab_size) {
+  EngineWorkerOptions o;
+  o.numerics = numerics;
+  o.allowed.assign(size_t(vocab_size), false);
+  for (int id = 0; id < vocab_size; ++id) o.allowed[size_t(id)] = tok.is_known(id);
+  o.model_id = kvcache::model_identity(model_dir, numerics == kernels::Numerics::kExact ? "f32" : "bf16");
+  return o;
+}
 
 EngineWorker::EngineWorker(model::Model& model, EngineWorkerOptions options)
     : impl_(std::make_unique<Impl>(model, std::move(options))) {}

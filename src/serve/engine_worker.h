@@ -16,6 +16,7 @@
 #include "kernels/matmul.h"
 #include "model/model.h"
 #include "serve/worker.h"
+#include "tokenizer/tokenizer.h"
 
 namespace epserve::serve {
 
@@ -44,6 +45,13 @@ struct EngineWorkerOptions {
   // Called on the scheduler thread when stats are published (e.g. the expert exchange's counters).
   std::function<void(WorkerStats&)> add_stats;
 };
+
+// The options every worker over the checkpoint in `model_dir` shares, whether it runs in `serve`'s
+// process or as a rank of a unit: the numerics, the ids sampling may pick (those the tokenizer
+// knows) and the model identity that names KV blocks (it includes the cache's element type, which
+// the numerics decide). The caller adds the pool, limits and disk tier.
+EngineWorkerOptions model_worker_options(const std::filesystem::path& model_dir, kernels::Numerics numerics,
+                                         const tokenizer::Tokenizer& tok, int vocab_size);
 
 class EngineWorker final : public Worker {
  public:
