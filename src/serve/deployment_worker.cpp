@@ -611,36 +611,8 @@ WorkerStats DeploymentWorker::stats() const {
   std::lock_guard lk(impl_->mu);
   WorkerStats t;
   for (const auto& u : impl_->units)
-    for (const auto& r : u.ranks) {
-      const auto& w = r.stats;
-      t.running += w.running;
-      t.waiting += w.waiting;
-      t.kv_blocks_used += w.kv_blocks_used;
-      t.kv_blocks_total += w.kv_blocks_total;
-      t.prefix_blocks += w.prefix_blocks;
-      t.steps += w.steps;
-      t.step_tokens += w.step_tokens;
-      t.preemptions += w.preemptions;
-      t.ram_hit_tokens += w.ram_hit_tokens;
-      t.disk_hit_tokens += w.disk_hit_tokens;
-      t.busy_s += w.busy_s;
-      t.disk_hits += w.disk_hits;
-      t.disk_misses += w.disk_misses;
-      t.disk_corrupt += w.disk_corrupt;
-      t.disk_writes += w.disk_writes;
-      t.disk_write_errors += w.disk_write_errors;
-      t.disk_files += w.disk_files;
-      t.disk_bytes += w.disk_bytes;
-      t.disk_enabled = t.disk_enabled || w.disk_enabled;
-      t.dispatch_bytes += w.dispatch_bytes;
-      t.combine_bytes += w.combine_bytes;
-      t.moe_layers += w.moe_layers;
-      t.dispatch_s += w.dispatch_s;
-      t.combine_s += w.combine_s;
-      t.kv_handoff_blocks_sent += w.kv_handoff_blocks_sent;
-      t.kv_handoff_blocks_received += w.kv_handoff_blocks_received;
-      t.kv_handoff_bytes += w.kv_handoff_bytes;
-    }
+    for (const auto& r : u.ranks)  // counters and gauges add up; a bool (disk tier on) becomes "any"
+      for_each_worker_stat([](auto& sum, const auto& v) { sum = std::decay_t<decltype(sum)>(sum + v); }, t, r.stats);
   return t;
 }
 

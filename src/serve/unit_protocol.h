@@ -42,24 +42,28 @@ inline GenerateRequest request_from_json(const json& j) {
   return r;
 }
 
+// Stats travel as arrays in for_each_*_stat order.
+template <class Stats, class Visit>
+json stats_to_json(const Stats& s, Visit visit) {
+  json a = json::array();
+  visit([&](const auto& v) { a.push_back(v); }, s);
+  return a;
+}
+
+template <class Stats, class Visit>
+Stats stats_from_json(const json& j, Visit visit) {
+  Stats s;
+  size_t i = 0;
+  visit([&](auto& v) { v = j.at(i++).get<std::decay_t<decltype(v)>>(); }, s);
+  return s;
+}
+
 inline json to_json(const RequestStats& s) {
-  return json::array({s.prompt_tokens, s.cached_tokens, s.disk_cached_tokens, s.completion_tokens, s.queue_s, s.ttft_s,
-                      s.decode_s, s.rank_seconds, s.kv_tokens_sum, s.preemptions});
+  return stats_to_json(s, [](auto&& f, auto&... x) { for_each_request_stat(f, x...); });
 }
 
 inline RequestStats request_stats_from_json(const json& j) {
-  RequestStats s;
-  s.prompt_tokens = j[0];
-  s.cached_tokens = j[1];
-  s.disk_cached_tokens = j[2];
-  s.completion_tokens = j[3];
-  s.queue_s = j[4];
-  s.ttft_s = j[5];
-  s.decode_s = j[6];
-  s.rank_seconds = j[7];
-  s.kv_tokens_sum = j[8];
-  s.preemptions = j[9];
-  return s;
+  return stats_from_json<RequestStats>(j, [](auto&& f, auto&... x) { for_each_request_stat(f, x...); });
 }
 
 inline json to_json(const TokenEvent& e) {
@@ -89,43 +93,11 @@ inline TokenEvent event_from_json(const json& j) {
 }
 
 inline json to_json(const WorkerStats& w) {
-  return json::array({w.running, w.waiting, w.kv_blocks_used, w.kv_blocks_total, w.prefix_blocks, w.steps, w.step_tokens,
-                      w.preemptions, w.ram_hit_tokens, w.disk_hit_tokens, w.busy_s, w.disk_hits, w.disk_misses,
-                      w.disk_corrupt, w.disk_writes, w.disk_write_errors, w.disk_files, w.disk_bytes, w.disk_enabled,
-                      w.dispatch_bytes, w.combine_bytes, w.moe_layers, w.dispatch_s, w.combine_s,
-                      w.kv_handoff_blocks_sent, w.kv_handoff_blocks_received, w.kv_handoff_bytes});
+  return stats_to_json(w, [](auto&& f, auto&... x) { for_each_worker_stat(f, x...); });
 }
 
 inline WorkerStats worker_stats_from_json(const json& j) {
-  WorkerStats w;
-  w.running = j[0];
-  w.waiting = j[1];
-  w.kv_blocks_used = j[2];
-  w.kv_blocks_total = j[3];
-  w.prefix_blocks = j[4];
-  w.steps = j[5];
-  w.step_tokens = j[6];
-  w.preemptions = j[7];
-  w.ram_hit_tokens = j[8];
-  w.disk_hit_tokens = j[9];
-  w.busy_s = j[10];
-  w.disk_hits = j[11];
-  w.disk_misses = j[12];
-  w.disk_corrupt = j[13];
-  w.disk_writes = j[14];
-  w.disk_write_errors = j[15];
-  w.disk_files = j[16];
-  w.disk_bytes = j[17];
-  w.disk_enabled = j[18];
-  w.dispatch_bytes = j[19];
-  w.combine_bytes = j[20];
-  w.moe_layers = j[21];
-  w.dispatch_s = j[22];
-  w.combine_s = j[23];
-  w.kv_handoff_blocks_sent = j[24];
-  w.kv_handoff_blocks_received = j[25];
-  w.kv_handoff_bytes = j[26];
-  return w;
+  return stats_from_json<WorkerStats>(j, [](auto&& f, auto&... x) { for_each_worker_stat(f, x...); });
 }
 
 // The first frame of a hand-off: the request as the router sent it, the tokens generated so far, the

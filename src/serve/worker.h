@@ -49,6 +49,14 @@ struct RequestStats {
   int preemptions = 0;
 };
 
+// Calls f(field...) for every field of the given RequestStats, in one fixed order (the wire form).
+template <class F, class... S>
+void for_each_request_stat(F&& f, S&... s) {
+  f(s.prompt_tokens...), f(s.cached_tokens...), f(s.disk_cached_tokens...), f(s.completion_tokens...);
+  f(s.queue_s...), f(s.ttft_s...), f(s.decode_s...), f(s.rank_seconds...), f(s.kv_tokens_sum...);
+  f(s.preemptions...);
+}
+
 // What a prefill rank hands to a decode rank: the prompt's full KV blocks (the disk tier's payload
 // layout: every layer's rows of the block, layer after layer) named by their chained hashes, the
 // token(s) it generated and its sampler's state.
@@ -120,6 +128,19 @@ struct WorkerStats {
   double dispatch_s = 0, combine_s = 0;
   uint64_t kv_handoff_blocks_sent = 0, kv_handoff_blocks_received = 0, kv_handoff_bytes = 0;
 };
+
+// Calls f(field...) for every field of the given WorkerStats, in one fixed order: the unit
+// protocol's wire form and a unit's sums over its ranks both go through it, so a new field is
+// added here once.
+template <class F, class... S>
+void for_each_worker_stat(F&& f, S&... w) {
+  f(w.running...), f(w.waiting...), f(w.kv_blocks_used...), f(w.kv_blocks_total...), f(w.prefix_blocks...);
+  f(w.steps...), f(w.step_tokens...), f(w.preemptions...), f(w.ram_hit_tokens...), f(w.disk_hit_tokens...);
+  f(w.busy_s...), f(w.disk_hits...), f(w.disk_misses...), f(w.disk_corrupt...), f(w.disk_writes...);
+  f(w.disk_write_errors...), f(w.disk_files...), f(w.disk_bytes...), f(w.disk_enabled...);
+  f(w.dispatch_bytes...), f(w.combine_bytes...), f(w.moe_layers...), f(w.dispatch_s...), f(w.combine_s...);
+  f(w.kv_handoff_blocks_sent...), f(w.kv_handoff_blocks_received...), f(w.kv_handoff_bytes...);
+}
 
 // One unit of a deployment as /health and /metrics show it.
 struct UnitStatus {
