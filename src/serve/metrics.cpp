@@ -25,18 +25,17 @@ std::string render_metrics(const std::string& model, const LedgerTotals& t, cons
   metric("epserve_cost_total", "counter", "Cost of the rank-seconds at the configured price per rank-hour.", t.cost);
   metric("epserve_kv_tokens_per_output_token", "gauge", "Mean KV length attended per output token.",
          t.completion_tokens ? t.kv_tokens_sum / double(t.completion_tokens) : 0.0);
-  o << "# HELP epserve_time_to_first_token_seconds Time to first token over the last 2048 requests.\n"
-       "# TYPE epserve_time_to_first_token_seconds summary\n";
-  for (double q : {0.5, 0.9, 0.99})
-    o << "epserve_time_to_first_token_seconds{model=\"" << model << "\",quantile=\"" << q << "\"} " << ledger.ttft_quantile(q) << '\n';
-  o << "epserve_time_to_first_token_seconds_sum" << lbl << ' ' << t.ttft_sum_s << '\n'
-    << "epserve_time_to_first_token_seconds_count" << lbl << ' ' << t.ttft_count << '\n';
-  o << "# HELP epserve_time_per_output_token_seconds Time per output token after the first, last 2048 requests.\n"
-       "# TYPE epserve_time_per_output_token_seconds summary\n";
-  for (double q : {0.5, 0.9, 0.99})
-    o << "epserve_time_per_output_token_seconds{model=\"" << model << "\",quantile=\"" << q << "\"} " << ledger.tpot_quantile(q) << '\n';
-  o << "epserve_time_per_output_token_seconds_sum" << lbl << ' ' << t.tpot_sum_s << '\n'
-    << "epserve_time_per_output_token_seconds_count" << lbl << ' ' << t.tpot_count << '\n';
+  // A summary over the ledger's last 2048 requests: p50 / p90 / p99, sum and count.
+  auto summary = [&](const char* name, const char* help, auto quantile, double sum, uint64_t count) {
+    o << "# HELP " << name << ' ' << help << "\n# TYPE " << name << " summary\n";
+    for (double q : {0.5, 0.9, 0.99})
+      o << name << "{model=\"" << model << "\",quantile=\"" << q << "\"} " << quantile(q) << '\n';
+    o << name << "_sum" << lbl << ' ' << sum << '\n' << name << "_count" << lbl << ' ' << count << '\n';
+  };
+  summary("epserve_time_to_first_token_seconds", "Time to first token over the last 2048 requests.",
+          [&](double q) { return ledger.ttft_quantile(q); }, t.ttft_sum_s, t.ttft_count);
+  summary("epserve_time_per_output_token_seconds", "Time per output token after the first, last 2048 requests.",
+          [&](double q) { return ledger.tpot_quantile(q); }, t.tpot_sum_s, t.tpot_count);
   metric("epserve_running_requests", "gauge", "Requests in the running batch.", w.running);
   metric("epserve_waiting_requests", "gauge", "Requests waiting for admission.", w.waiting);
   metric("epserve_http_in_flight", "gauge", "Generation requests being answered.", in_flight);
@@ -69,17 +68,19 @@ std::string render_metrics(const std::string& model, const LedgerTotals& t, cons
   metric("epserve_kv_handoff_blocks_received_total", "counter", "KV blocks decode ranks took from hand-offs.",
          double(w.kv_handoff_blocks_received));
   metric("epserve_kv_handoff_bytes_total", "counter", "Bytes of KV handed from prefill to decode ranks.", double(w.kv_handoff_bytes));
-  if (!units.empty()) {
-    o << "# HELP epserve_unit_up 1 while the unit serves.\n# TYPE epserve_unit_up gauge\n";
+  // One sample per unit of a deployment, labelled by unit and role.
+  auto per_unit = [&](const char* name, const char* type, const char* help, auto value) {
+    if (units.empty()) return;
+    o << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n';
     for (const auto& u : units)
-      o << "epserve_unit_up{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << (u.state == "up" ? 1 : 0) << '\n';
-    o << "# HELP epserve_unit_in_flight Requests a unit holds.\n# TYPE epserve_unit_in_flight gauge\n";
-    for (const auto& u : units) o << "epserve_unit_in_flight{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << u.in_flight << '\n';
-    o << "# HELP epserve_unit_retried_total Requests moved from a failed unit to another.\n# TYPE epserve_unit_retried_total counter\n";
-    for (const auto& u : units) o << "epserve_unit_retried_total{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << u.retried << '\n';
-    o << "# HELP epserve_unit_restarts_total Times a failed unit was launched again.\n# TYPE epserve_unit_restarts_total counter\n";
-    for (const auto& u : units) o << "epserve_unit_restarts_total{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << u.restarts << '\n';
-  }
+      o << name << "{unit=\"" << u.name << "\",role=\"" << u.role << "\"} " << value(u) << '\n';
+  };
+  per_unit("epserve_unit_up", "gauge", "1 while the unit serves.", [](const UnitStatus& u) { return u.state == "up" ? 1 : 0; });
+  per_unit("epserve_unit_in_flight", "gauge", "Requests a unit holds.", [](const UnitStatus& u) { return u.in_flight; });
+  per_unit("epserve_unit_retried_total", "counter", "Requests moved from a failed unit to another.",
+           [](const UnitStatus& u) { return u.retried; });
+  per_unit("epserve_unit_restarts_total", "counter", "Times a failed unit was launched again.",
+           [](const UnitStatus& u) { return u.restarts; });
   o << "# HELP epserve_http_responses_total HTTP responses by status.\n# TYPE epserve_http_responses_total counter\n";
   for (const auto& [code, n] : http) o << "epserve_http_responses_total{code=\"" << code << "\"} " << n << '\n';
   return o.str();
