@@ -160,21 +160,17 @@ double predict_engine_step_ms(const Hardware& hw, const model::ModelConfig& cfg,
 
 namespace {
 
-double* knob(Hardware& h, int i) {
-  switch (i) {
-    case 0: return &h.hbm_eff;
-    case 1: return &h.decode_flop_eff;
-    case 2: return &h.gemm_eff;
-    case 3: return &h.dequant_eff;
-    case 4: return &h.attn_eff;
-    case 5: return &h.hbm_dot_eff;
-    default: return &h.attn_prefill_eff;
-  }
-}
-// Every knob is an efficiency (time ∝ 1/value). (A fixed cost per product was tried: the fit over
-// two layer counts gave it a negative value.)
-constexpr int kKnobs = 7;
-bool inverse(int) { return true; }
+// The fitted constants: every one an efficiency (time ∝ 1/value). (A fixed cost per product was
+// tried: the fit over two layer counts gave it a negative value.)
+struct Knob {
+  const char* name;
+  double Hardware::*field;
+};
+constexpr Knob kKnobs[] = {{"hbm", &Hardware::hbm_eff},         {"decode_flop", &Hardware::decode_flop_eff},
+                           {"gemm", &Hardware::gemm_eff},       {"dequant", &Hardware::dequant_eff},
+                           {"attn", &Hardware::attn_eff},       {"hbm_dot", &Hardware::hbm_dot_eff},
+                           {"attn_prefill", &Hardware::attn_prefill_eff}};
+constexpr int K = int(std::size(kKnobs));
 
 // Solves the normal equations A x = b (n small) by Gaussian elimination with partial pivoting.
 std::vector<double> solve(std::vector<std::vector<double>> A, std::vector<double> b) {
@@ -201,19 +197,19 @@ std::vector<double> solve(std::vector<std::vector<double>> A, std::vector<double
 }  // namespace
 
 void CpuFit::apply(Hardware& hw) const {
-  for (size_t j = 0; j < values.size(); ++j) *knob(hw, int(j)) = values[j];
+  for (size_t j = 0; j < values.size(); ++j) hw.*kKnobs[j].field = values[j];
   hw.mla_decode_flop_eff = hw.attn_eff;
   hw.mla_decode_mem_eff = hw.hbm_eff;
 }
 
 CpuFit fit_cpu_efficiencies(const std::vector<FitPoint>& points, const std::vector<std::string>& keep) {
-  constexpr int K = kKnobs;
-  const std::vector<std::string> names = {"hbm", "decode_flop", "gemm", "dequant", "attn", "hbm_dot", "attn_prefill"};
+  std::string all;
+  for (const auto& k : kKnobs) all += (all.empty() ? "" : ", ") + std::string(k.name);
   std::vector<bool> held(K, false);
-  for (const auto& k : keep) {
-    const auto it = std::find(names.begin(), names.end(), k);
-    EPS_REQUIRE(it != names.end(), "no efficiency '" + k + "' to keep (hbm, decode_flop, gemm, dequant, attn, hbm_dot, attn_prefill)");
-    held[size_t(it - names.begin())] = true;
+  for (const auto& name : keep) {
+    const auto it = std::find_if(std::begin(kKnobs), std::end(kKnobs), [&](const Knob& k) { return name == k.name; });
+    EPS_REQUIRE(it != std::end(kKnobs), "no efficiency '" + name + "' to keep (" + all + ")");
+    held[size_t(it - std::begin(kKnobs))] = true;
   }
   std::vector<int> free;
   for (int j = 0; j < K; ++j)
@@ -221,21 +217,18 @@ CpuFit fit_cpu_efficiencies(const std::vector<FitPoint>& points, const std::vect
   const int F = int(free.size());
   EPS_REQUIRE(F > 0, "every efficiency is kept: nothing to fit");
   EPS_REQUIRE(points.size() >= size_t(F), "the fit needs at least " + std::to_string(F) + " measured cases");
-  // Column j, row i: point i's time with knob j = 1 and every other term switched off, over the
-  // measured time; the prediction is Σ_j column_j / eff_j. Held knobs' terms (at the point's own
-  // preset value) are moved to the right-hand side: Σ_free column_j x_j ≈ 1 − Σ_held column_j / eff_j.
+  // Column j, row i: point i's time with efficiency j = 1 and every other term switched off, over
+  // the measured time; the prediction is Σ_j column_j / eff_j. Held efficiencies' terms (at the
+  // point's own preset value) move to the right-hand side: Σ_free column_j x_j ≈ 1 − Σ_held column_j / eff_j.
   std::vector<std::vector<double>> X(points.size(), std::vector<double>(K));
   std::vector<double> rhs(points.size(), 1.0);
   for (size_t i = 0; i < points.size(); ++i) {
     EPS_REQUIRE(points[i].hw.cpu_kernels, "only the cpu preset is fitted to the engine");
     for (int j = 0; j < K; ++j) {
       Hardware h = points[i].hw;
-      for (int q = 0; q < K; ++q) *knob(h, q) = q == j ? 1.0 : inverse(q) ? 1e30 : 0.0;
+      for (int q = 0; q < K; ++q) h.*kKnobs[q].field = q == j ? 1.0 : 1e30;
       X[i][j] = predict_engine_step_ms(h, points[i].cfg, points[i].c) / points[i].measured_ms;
-      if (held[size_t(j)]) {
-        Hardware p = points[i].hw;
-        rhs[i] -= X[i][j] / *knob(p, j);
-      }
+      if (held[size_t(j)]) rhs[i] -= X[i][j] / (points[i].hw.*kKnobs[j].field);
     }
   }
   std::vector<std::vector<double>> A(F, std::vector<double>(F, 0));
@@ -247,19 +240,18 @@ CpuFit fit_cpu_efficiencies(const std::vector<FitPoint>& points, const std::vect
     }
   const auto x = solve(A, b);
   CpuFit fit;
-  fit.names = names;
   for (int j = 0; j < K; ++j) {
+    fit.names.push_back(kKnobs[j].name);
     if (held[size_t(j)]) {
-      Hardware p = points.front().hw;
-      fit.values.push_back(*knob(p, j));
+      fit.values.push_back(points.front().hw.*kKnobs[j].field);
       continue;
     }
     const double v = x[size_t(std::find(free.begin(), free.end(), j) - free.begin())];
-    EPS_REQUIRE(v > 0, "the fit gave '" + names[size_t(j)] +
+    EPS_REQUIRE(v > 0, "the fit gave '" + std::string(kKnobs[j].name) +
                            "' no positive value: add cases where it matters (decode at batch 1 and 8 for hbm "
                            "and decode_flop, prefill for gemm and dequant, long contexts for attn, batch 1 "
                            "on two layer counts for hbm_dot, long prompts for attn_prefill)");
-    fit.values.push_back(inverse(j) ? 1 / v : v);
+    fit.values.push_back(1 / v);
   }
   return fit;
 }
