@@ -71,6 +71,10 @@ struct Place {
 struct Pending {
   std::shared_ptr<EventStream> events;
   GenerateRequest request;  // kept for a retry
+  // Worked out once, before the lock (both are O(prompt)): the request as the ranks take it, and
+  // the names of the prompt's blocks a rank could have cached (full ones before its last token).
+  json request_json;
+  std::vector<kvcache::BlockHash> block_names;
   Place runs;               // mixed or prefill rank
   Place decode;             // disaggregated: the decode rank chosen at submit
   bool handed_off = false;  // the decode rank has it
@@ -254,15 +258,9 @@ struct DeploymentWorker::Impl {
   // Under mu. Places a request (fresh or retried) and queues its submit; kAccepted or why not.
   SubmitResult place(uint64_t id, Pending& p) {
     if (!can_serve()) return SubmitResult::kShuttingDown;
-    // The blocks a rank could have cached: full ones before the prompt's last token (as try_admit).
-    std::vector<kvcache::BlockHash> hashes;
-    const auto& prompt = p.request.prompt;
-    const size_t usable = prompt.empty() ? 0 : (prompt.size() - 1) / model::kKvBlockTokens;
-    kvcache::extend_chain(hashes, o.model_id, std::span<const int>(prompt).first(usable * model::kKvBlockTokens),
-                          model::kKvBlockTokens);
     const UnitRole first_role = disaggregated() ? UnitRole::kPrefill : UnitRole::kMixed;
-    Place home = cached_home(hashes, first_role);
-    json msg = {{"type", "submit"}, {"id", id}, {"request", unit_protocol::to_json(p.request)}};
+    Place home = cached_home(p.block_names, first_role);
+    json msg = {{"type", "submit"}, {"id", id}, {"request", p.request_json}};
     if (disaggregated()) {
       const Place d = pick(UnitRole::kDecode), f = home.valid() ? home : pick(UnitRole::kPrefill);
       if (!d.valid() || !f.valid()) return SubmitResult::kQueueFull;
@@ -276,7 +274,7 @@ struct DeploymentWorker::Impl {
       p.runs = m;
     }
     ++rank_of(p.runs).in_flight;
-    remember(hashes, p.runs);
+    remember(p.block_names, p.runs);
     outbox.emplace_back(p.runs, msg.dump());
     return SubmitResult::kAccepted;
   }
@@ -591,11 +589,16 @@ DeploymentWorker::~DeploymentWorker() = default;
 
 SubmitResult DeploymentWorker::submit(GenerateRequest request, std::shared_ptr<EventStream> events) {
   auto& m = *impl_;
-  std::lock_guard lk(m.mu);
-  if (m.draining || m.stopping) return SubmitResult::kShuttingDown;
   Pending p;
   p.events = std::move(events);
   p.request = std::move(request);
+  p.request_json = unit_protocol::to_json(p.request);
+  const auto& prompt = p.request.prompt;
+  const size_t usable = prompt.empty() ? 0 : (prompt.size() - 1) / model::kKvBlockTokens;  // as try_admit
+  kvcache::extend_chain(p.block_names, m.o.model_id, std::span<const int>(prompt).first(usable * model::kKvBlockTokens),
+                        model::kKvBlockTokens);
+  std::lock_guard lk(m.mu);
+  if (m.draining || m.stopping) return SubmitResult::kShuttingDown;
   const uint64_t id = m.next_id++;
   const auto r = m.place(id, p);
   if (r == SubmitResult::kAccepted) m.pending.emplace(id, std::move(p));
