@@ -122,11 +122,11 @@ struct EngineWorker::Impl {
     s.kv.reset();  // frees the blocks not named in the prefix index
   }
 
-  // The prompt's full blocks (registered in the index by now), copied out for a decode rank.
+  // The prompt's full blocks, copied out for a decode rank (register_blocks named them after the
+  // step that completed the prompt, so s.hashes covers them).
   std::shared_ptr<const KvHandOff> hand_off(Seq& s) {
     auto h = std::make_shared<KvHandOff>();
     const int full = s.kv->length() / kBlock;
-    kvcache::extend_chain(s.hashes, o.model_id, std::span<const int>(s.tokens).first(size_t(full) * kBlock), kBlock);
     const size_t lb = pool.block_layer_bytes();
     for (int b = 0; b < full; ++b) {
       const int block = s.kv->blocks()[size_t(b)];
