@@ -521,16 +521,27 @@ TEST(Serve, ApiKeyAndQueueLimit) {
   ASSERT_TRUE(right);
   EXPECT_EQ(right->status, 200);
   EXPECT_EQ(c.Get("/health")->status, 200);  // health needs no key
-  // One running, one waiting: the third is turned away with 429. Both held requests are long
-  // streams on raw sockets, closed at the end (which cancels them).
-  const int running = open_stream(s, chat_body("hold", 5000, true), "Authorization: Bearer s3cret\r\n");
+  // One running, one waiting: the third is turned away with 429. Both held requests are streams on
+  // raw sockets, long enough never to end here even on a fast machine (a 5,000-token hold once
+  // finished in 9 s in CI), and closed at the end, which cancels them.
+  const json hold = chat_body("hold", 150000, true);
+  const int running = open_stream(s, hold, "Authorization: Bearer s3cret\r\n");
+  ASSERT_GE(running, 0);
   char buf[512];
   ASSERT_GT(::recv(running, buf, sizeof buf, 0), 0);
   for (int i = 0; i < 1500 && s.metric("epserve_running_requests") != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   ASSERT_EQ(s.metric("epserve_running_requests"), 1) << s.log();
-  const int waiting = open_stream(s, chat_body("wait", 5000, true), "Authorization: Bearer s3cret\r\n");
+  const int waiting = open_stream(s, chat_body("wait", 150000, true), "Authorization: Bearer s3cret\r\n");
+  ASSERT_GE(waiting, 0);
   for (int i = 0; i < 1500 && s.metric("epserve_waiting_requests") != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  ASSERT_EQ(s.metric("epserve_waiting_requests"), 1) << s.log();
+  if (s.metric("epserve_waiting_requests") != 1) {  // say what the queued request got instead
+    const ssize_t n = ::recv(waiting, buf, sizeof buf - 1, MSG_DONTWAIT);
+    ADD_FAILURE() << "the second request never waited; its socket holds: " << (n > 0 ? std::string(buf, size_t(n)) : "nothing")
+                  << "\nrunning=" << s.metric("epserve_running_requests") << "\n" << s.log();
+    ::close(running);
+    ::close(waiting);
+    return;
+  }
   auto busy = c.Post("/v1/chat/completions", key, body, "application/json");
   ASSERT_TRUE(busy);
   EXPECT_EQ(busy->status, 429);
