@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "base/bf16.h"
+#include "base/scratch.h"
 #include "model/attention_core.h"
 #include "model/ops.h"
 
@@ -51,19 +52,23 @@ struct Dims {
 // then each head's causal attention (attention_core.h) over its keys laid out for it.
 void attend_naive(const AttentionWeights& w, const Dims& D, float scale, const SequenceKv& kv, int layer, int len,
                   int first, int count, const std::vector<float>& q, std::vector<float>& o, Numerics mode) {
-  std::vector<float> cache(size_t(len) * D.width), latent(size_t(len) * D.lora);
+  auto& cache = scratch<struct NaiveCacheRows>(size_t(len) * D.width);
+  auto& latent = scratch<struct NaiveLatent>(size_t(len) * D.lora);
   kv.read_rows(layer, 0, len, cache);
   for (int t = 0; t < len; ++t)
     std::copy_n(&cache[size_t(t) * D.width], D.lora, &latent[size_t(t) * D.lora]);
   const int kvb_width = D.heads * (D.nope + D.v);
-  std::vector<float> kvb(size_t(len) * kvb_width);
+  auto& kvb = scratch<struct NaiveKvExpanded>(size_t(len) * kvb_width);
   matmul_fp8(latent, len, w.kv_b, kvb, mode);
   const int ldk = attention_key_stride(len);
 #pragma omp parallel for schedule(dynamic)
   for (int h = 0; h < D.heads; ++h) {
     // This head's keys transposed ([nope | rope] × keys, zero-padded), values and queries as rows.
-    std::vector<float> kt(size_t(D.qk) * ldk, 0.0f), v(size_t(len) * D.v), qh(size_t(count) * D.qk),
-        oh(size_t(count) * D.v);
+    auto& kt = scratch<struct NaiveHeadKeys>(size_t(D.qk) * ldk);  // (each OpenMP thread its own)
+    std::fill(kt.begin(), kt.end(), 0.0f);
+    auto& v = scratch<struct NaiveHeadValues>(size_t(len) * D.v);
+    auto& qh = scratch<struct NaiveHeadQueries>(size_t(count) * D.qk);
+    auto& oh = scratch<struct NaiveHeadOut>(size_t(count) * D.v);
     for (int j = 0; j < len; ++j) {
       const float* k_nope = &kvb[size_t(j) * kvb_width + h * (D.nope + D.v)];
       const float* k_rope = &cache[size_t(j) * D.width + D.lora];
@@ -140,7 +145,9 @@ void mla_attention(const AttentionWeights& w, const ModelConfig& c, const YarnRo
                    AttentionPath path) {
   const Dims D(c);
   const int T = batch.tokens();
-  std::vector<float> qa(size_t(T) * c.q_lora_rank), q(size_t(T) * D.heads * D.qk), kva(size_t(T) * D.width);
+  auto& qa = scratch<struct MlaQueryLatent>(size_t(T) * c.q_lora_rank);
+  auto& q = scratch<struct MlaQueries>(size_t(T) * D.heads * D.qk);
+  auto& kva = scratch<struct MlaKvLatent>(size_t(T) * D.width);
   matmul_fp8(x, T, w.q_a, qa, mode);
   for (int t = 0; t < T; ++t) {
     auto row = std::span<float>(qa).subspan(size_t(t) * c.q_lora_rank, c.q_lora_rank);
@@ -169,7 +176,7 @@ void mla_attention(const AttentionWeights& w, const ModelConfig& c, const YarnRo
     }
 
   const float scale = float(c.softmax_scale());
-  std::vector<float> o(size_t(T) * D.heads * D.v);
+  auto& o = scratch<struct MlaHeadOut>(size_t(T) * D.heads * D.v);
   for (size_t s = 0; s < batch.kv.size(); ++s) {
     if (batch.count[s] == 0) continue;
     const int len = batch.position[batch.first[s] + batch.count[s] - 1] + 1;

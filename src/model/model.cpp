@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "base/error.h"
+#include "base/scratch.h"
 #include "model/ops.h"
 
 namespace epserve::model {
@@ -50,7 +51,9 @@ std::vector<float> Model::forward(std::span<const SequenceInput> batch, const Fo
   }
   for (const auto& s : batch) s.kv->grow(int(s.tokens.size()));
 
-  std::vector<float> h(size_t(T) * d), x(size_t(T) * d), y(size_t(T) * d);
+  auto& h = scratch<struct ForwardResidual>(size_t(T) * d);  // every row written before it is read
+  auto& x = scratch<struct ForwardNormed>(size_t(T) * d);
+  auto& y = scratch<struct ForwardSublayerOut>(size_t(T) * d);
   {
     Stopwatch sw(profile_.embed);
     for (int t = 0; t < T; ++t)

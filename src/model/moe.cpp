@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "base/error.h"
+#include "base/scratch.h"
 #include "model/ops.h"
 
 namespace epserve::model {
@@ -80,7 +81,8 @@ Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const 
 
 void mlp_forward(const MlpWeights& w, std::span<const float> x, int T, std::span<float> out, Numerics mode) {
   const int inter = w.gate.rows;
-  std::vector<float> g(size_t(T) * inter), u(size_t(T) * inter);
+  auto& g = scratch<struct MlpGate>(size_t(T) * inter);
+  auto& u = scratch<struct MlpUp>(size_t(T) * inter);
   kernels::matmul_fp8(x, T, w.gate, g, mode);
   kernels::matmul_fp8(x, T, w.up, u, mode);
   swiglu(g, u, mode);
@@ -90,12 +92,19 @@ void mlp_forward(const MlpWeights& w, std::span<const float> x, int T, std::span
 void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<ExpertInput>& inputs,
                  std::vector<std::vector<float>>& outputs, Numerics mode) {
   const int E = c.n_routed_experts, d = c.hidden_size, inter = c.moe_intermediate_size;
-  std::vector<std::vector<float>> g(E), u(E);
+  using Buffers = std::vector<std::vector<float>>;  // kept between calls (base/scratch.h says why)
+  auto& g = scratch_object<struct ExpertGate, Buffers>();
+  auto& u = scratch_object<struct ExpertUp, Buffers>();
+  g.resize(E);
+  u.resize(E);
   std::vector<Fp8MatmulTask> up_tasks, down_tasks;
-  outputs.assign(E, {});
+  outputs.resize(E);
   for (int e = 0; e < E; ++e) {
     const int M = inputs[e].rows;
-    if (M == 0) continue;
+    if (M == 0) {
+      outputs[e].clear();
+      continue;
+    }
     EPS_REQUIRE(w.experts[e].has_value(), "tokens were routed to expert " + std::to_string(e) +
                                               ", which this process does not hold");
     g[e].resize(size_t(M) * inter);
@@ -118,12 +127,16 @@ void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<Ex
 void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c, const Routing& r,
                             std::span<const float> x, int T, Numerics mode, std::vector<float>& rows) {
   const int E = c.n_routed_experts, d = c.hidden_size, blocks = kernels::ceil_div(d, kernels::kQuantBlock);
-  kernels::Fp8Rows xq;
+  // Buffers kept between calls (base/scratch.h says why).
+  auto& xq = scratch_object<struct ExpertRunnerQuantized, kernels::Fp8Rows>();
+  auto& inputs = scratch_object<struct ExpertRunnerInputs, std::vector<ExpertInput>>();
+  auto& outputs = scratch_object<struct ExpertRunnerOutputs, std::vector<std::vector<float>>>();
   if (mode == Numerics::kDeepSeek) kernels::quantize_rows_fp8(x, T, d, xq);
   // Each (token, choice) gets the next row of its expert's input, in token order; the rows are then
   // copied in parallel (every copy has its own destination).
-  std::vector<ExpertInput> inputs(E);
-  std::vector<int> slot(size_t(T) * r.k);
+  inputs.resize(E);
+  for (auto& in : inputs) in.rows = 0;
+  auto& slot = scratch<struct ExpertInputSlot, int>(size_t(T) * r.k);
   for (int t = 0; t < T; ++t)
     for (int k = 0; k < r.k; ++k) slot[size_t(t) * r.k + k] = inputs[r.expert[size_t(t) * r.k + k]].rows++;
   for (auto& in : inputs) {
@@ -148,7 +161,6 @@ void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c
         std::copy_n(xq.scales.begin() + size_t(t) * blocks, blocks, in.fp8.scales.begin() + row * blocks);
       }
     }
-  std::vector<std::vector<float>> outputs;
   run_experts(w, c, inputs, outputs, mode);
   rows.resize(size_t(T) * r.k * d);
 #pragma omp parallel for schedule(static) if (T > 1)
@@ -163,10 +175,11 @@ void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span
                  std::span<float> out, Numerics mode, ExpertRunner& runner, Routing* routing_out) {
   const int d = c.hidden_size;
   const Routing r = route_tokens(w, c, x, T);
-  std::vector<float> rows;
+  auto& rows = scratch<struct MoeExpertRows>(size_t(T) * r.k * d);  // the runner fills every row
   runner.run(layer, w, c, r, x, T, mode, rows);
-  std::vector<float> shared(size_t(T) * d, 0.0f);
+  auto& shared = scratch<struct MoeSharedOut>(size_t(T) * d);
   if (w.shared && T > 0) mlp_forward(*w.shared, x, T, shared, mode);
+  else std::fill(shared.begin(), shared.end(), 0.0f);
 #pragma omp parallel for schedule(static) if (T > 1)
   for (int t = 0; t < T; ++t)
     for (int j = 0; j < d; ++j) {
