@@ -1,5 +1,5 @@
 // Kernel throughput on the `bench` model's shapes, as fractions of the ceilings measured on this
-// machine (kernels/roofline.h). Usage: bench_kernels [--quick] [--budget X]
+// machine (kernels/roofline.h). Usage: bench_kernels [--quick] [--grouped] [--budget X]
 //   decode  (M = 1..8): weight bytes streamed per second, against the memory read bandwidth. The
 //                       weights are rotated through copies totalling > 4× L3 so each call reads
 //                       from memory, as a decode step over all layers does.
@@ -7,7 +7,7 @@
 //                       BF16 weights) or the BF16 dot-product peak (DeepSeek numerics, where the
 //                       kernels use vdpbf16ps).
 //   grouped:            256 experts with M from a skewed distribution, both measures.
-// Options: --quick (fewer shapes), --budget X (time per case × X; default 1).
+// Options: --quick (fewer shapes), --grouped (only the grouped experts), --budget X (time per case × X; default 1).
 #include <omp.h>
 
 #include <algorithm>
@@ -81,13 +81,14 @@ const char* mode_name(Numerics m) { return m == Numerics::kExact ? "exact" : "de
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, grouped_only = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
+    else if (a == "--grouped") grouped_only = true;
     else if (a == "--budget" && i + 1 < argc) g_budget_scale = std::atof(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: bench_kernels [--quick] [--budget X]\n");
+      std::fprintf(stderr, "usage: bench_kernels [--quick] [--grouped] [--budget X]\n");
       return 2;
     }
   }
@@ -98,86 +99,90 @@ int main(int argc, char** argv) {
               roof.has_bf16_dot ? (std::to_string(int(roof.bf16_dot_gflops)) + " GFLOP/s").c_str() : "absent");
   const double bf16_peak = roof.has_bf16_dot ? roof.bf16_dot_gflops : roof.fp32_fma_gflops;
 
-  // ---- decode
-  std::printf("\n== decode: weight bytes / s (fraction of read bandwidth)\n");
-  std::printf("%-26s %-9s %3s %10s %9s %6s\n", "weight [N,K]", "numerics", "M", "us/call", "GB/s", "frac");
-  const size_t kColdBytes = size_t(160) << 20;  // > 4 × 32 MiB L3
-  struct Shape { const char* name; int N, K; };
-  const Shape fp8_shapes[] = {{"dense up [2816,1024]", 2816, 1024}, {"dense down [1024,2816]", 1024, 2816},
-                              {"wq_b [1536,384]", 1536, 384}, {"expert up [256,1024]", 256, 1024}};
-  for (const auto& s : fp8_shapes) {
-    const size_t bytes = size_t(s.N) * s.K;
-    const int copies = int(std::max<size_t>(1, kColdBytes / bytes));
-    std::vector<Fp8Weight> ws;
-    for (int i = 0; i < copies; ++i) ws.emplace_back(s.N, s.K, rng);
-    for (auto mode : {Numerics::kExact, Numerics::kDeepSeek})
-      for (int M : {1, 4, 8}) {
-        if (quick && M == 4) continue;
-        const auto x = random_x(size_t(M) * s.K, rng);
-        std::vector<float> y(size_t(M) * s.N);
-        int i = 0;
-        const double t = time_call([&] { matmul_fp8(x, M, ws[i++ % copies].m, y, mode); });
-        const double gbs = bytes / t * 1e-9;
-        std::printf("%-26s %-9s %3d %10.1f %9.1f %6.2f\n", s.name, mode_name(mode), M, t * 1e6, gbs, gbs / roof.read_gbps);
+  if (!grouped_only) {
+    // ---- decode
+    std::printf("\n== decode: weight bytes / s (fraction of read bandwidth)\n");
+    std::printf("%-26s %-9s %3s %10s %9s %6s\n", "weight [N,K]", "numerics", "M", "us/call", "GB/s", "frac");
+    const size_t kColdBytes = size_t(160) << 20;  // > 4 × 32 MiB L3
+    struct Shape { const char* name; int N, K; };
+    const Shape fp8_shapes[] = {{"dense up [2816,1024]", 2816, 1024}, {"dense down [1024,2816]", 1024, 2816},
+                                {"wq_b [1536,384]", 1536, 384}, {"expert up [256,1024]", 256, 1024}};
+    for (const auto& s : fp8_shapes) {
+      const size_t bytes = size_t(s.N) * s.K;
+      const int copies = int(std::max<size_t>(1, kColdBytes / bytes));
+      std::vector<Fp8Weight> ws;
+      for (int i = 0; i < copies; ++i) ws.emplace_back(s.N, s.K, rng);
+      for (auto mode : {Numerics::kExact, Numerics::kDeepSeek})
+        for (int M : {1, 4, 8}) {
+          if (quick && M == 4) continue;
+          const auto x = random_x(size_t(M) * s.K, rng);
+          std::vector<float> y(size_t(M) * s.N);
+          int i = 0;
+          const double t = time_call([&] { matmul_fp8(x, M, ws[i++ % copies].m, y, mode); });
+          const double gbs = bytes / t * 1e-9;
+          std::printf("%-26s %-9s %3d %10.1f %9.1f %6.2f\n", s.name, mode_name(mode), M, t * 1e6, gbs, gbs / roof.read_gbps);
+        }
+    }
+    {
+      Bf16Weight lm(129280, 1024, rng);  // 265 MB: every call streams from memory
+      // exact: FP32 activations (FP32 FMAs); deepseek: BF16 activations (vdpbf16ps), as the model's
+      // lm_head in DeepSeek numerics. M = 32 runs the prefill kernel (32 sequences decoding).
+      for (auto mode : {Numerics::kExact, Numerics::kDeepSeek})
+        for (int M : {1, 4, 8, 32}) {
+          if (quick && M == 4) continue;
+          const auto x = random_x(size_t(M) * 1024, rng);
+          std::vector<float> y(size_t(M) * 129280);
+          const double t = time_call([&] { matmul_bf16(x, M, lm.m, y, mode); }, 1.0, 5);
+          const double gbs = 129280.0 * 1024 * 2 / t * 1e-9;
+          std::printf("%-26s %-9s %3d %10.1f %9.1f %6.2f\n", "lm_head bf16 [129280,1024]", mode_name(mode), M, t * 1e6, gbs,
+                      gbs / roof.read_gbps);
+        }
+
+      // ---- prefill
+      std::printf("\n== prefill: GFLOP/s (fraction of the FMA peak for exact/BF16, of the BF16 dot peak for deepseek)\n");
+      std::printf("%-26s %-9s %5s %10s %9s %6s\n", "weight [N,K]", "numerics", "M", "ms/call", "GFLOP/s", "frac");
+      const Shape pre_shapes[] = {{"dense up [2816,1024]", 2816, 1024}, {"dense down [1024,2816]", 1024, 2816},
+                                  {"expert up [256,1024]", 256, 1024}, {"wkv_b [2048,256]", 2048, 256}};
+      for (const auto& s : pre_shapes) {
+        Fp8Weight w(s.N, s.K, rng);
+        for (int M : {128, 512, 2048}) {
+          if (quick && M == 512) continue;
+          const auto x = random_x(size_t(M) * s.K, rng);
+          std::vector<float> y(size_t(M) * s.N);
+          for (auto mode : {Numerics::kExact, Numerics::kDeepSeek}) {
+            const double t = time_call([&] { matmul_fp8(x, M, w.m, y, mode); });
+            const double gf = 2.0 * M * s.N * s.K / t * 1e-9;
+            const double peak = mode == Numerics::kExact ? roof.fp32_fma_gflops : bf16_peak;
+            std::printf("%-26s %-9s %5d %10.2f %9.1f %6.2f\n", s.name, mode_name(mode), M, t * 1e3, gf, gf / peak);
+          }
+        }
       }
-  }
-  {
-    Bf16Weight lm(129280, 1024, rng);  // 265 MB: every call streams from memory
-    // exact: FP32 activations (FP32 FMAs); deepseek: BF16 activations (vdpbf16ps), as the model's
-    // lm_head in DeepSeek numerics. M = 32 runs the prefill kernel (32 sequences decoding).
-    for (auto mode : {Numerics::kExact, Numerics::kDeepSeek})
-      for (int M : {1, 4, 8, 32}) {
-        if (quick && M == 4) continue;
+      {
+        const int M = 128;
         const auto x = random_x(size_t(M) * 1024, rng);
         std::vector<float> y(size_t(M) * 129280);
-        const double t = time_call([&] { matmul_bf16(x, M, lm.m, y, mode); }, 1.0, 5);
-        const double gbs = 129280.0 * 1024 * 2 / t * 1e-9;
-        std::printf("%-26s %-9s %3d %10.1f %9.1f %6.2f\n", "lm_head bf16 [129280,1024]", mode_name(mode), M, t * 1e6, gbs,
-                    gbs / roof.read_gbps);
-      }
-
-    // ---- prefill
-    std::printf("\n== prefill: GFLOP/s (fraction of the FMA peak for exact/BF16, of the BF16 dot peak for deepseek)\n");
-    std::printf("%-26s %-9s %5s %10s %9s %6s\n", "weight [N,K]", "numerics", "M", "ms/call", "GFLOP/s", "frac");
-    const Shape pre_shapes[] = {{"dense up [2816,1024]", 2816, 1024}, {"dense down [1024,2816]", 1024, 2816},
-                                {"expert up [256,1024]", 256, 1024}, {"wkv_b [2048,256]", 2048, 256}};
-    for (const auto& s : pre_shapes) {
-      Fp8Weight w(s.N, s.K, rng);
-      for (int M : {128, 512, 2048}) {
-        if (quick && M == 512) continue;
-        const auto x = random_x(size_t(M) * s.K, rng);
-        std::vector<float> y(size_t(M) * s.N);
         for (auto mode : {Numerics::kExact, Numerics::kDeepSeek}) {
-          const double t = time_call([&] { matmul_fp8(x, M, w.m, y, mode); });
-          const double gf = 2.0 * M * s.N * s.K / t * 1e-9;
-          const double peak = mode == Numerics::kExact ? roof.fp32_fma_gflops : bf16_peak;
-          std::printf("%-26s %-9s %5d %10.2f %9.1f %6.2f\n", s.name, mode_name(mode), M, t * 1e3, gf, gf / peak);
+          const double t = time_call([&] { matmul_bf16(x, M, lm.m, y, mode); }, 1.0, 3);
+          const double gf = 2.0 * M * 129280 * 1024 / t * 1e-9;
+          std::printf("%-26s %-9s %5d %10.2f %9.1f %6.2f\n", "lm_head bf16 [129280,1024]", mode_name(mode), M, t * 1e3, gf,
+                      gf / (mode == Numerics::kExact ? roof.fp32_fma_gflops : bf16_peak));
         }
       }
     }
-    {
-      const int M = 128;
-      const auto x = random_x(size_t(M) * 1024, rng);
-      std::vector<float> y(size_t(M) * 129280);
-      for (auto mode : {Numerics::kExact, Numerics::kDeepSeek}) {
-        const double t = time_call([&] { matmul_bf16(x, M, lm.m, y, mode); }, 1.0, 3);
-        const double gf = 2.0 * M * 129280 * 1024 / t * 1e-9;
-        std::printf("%-26s %-9s %5d %10.2f %9.1f %6.2f\n", "lm_head bf16 [129280,1024]", mode_name(mode), M, t * 1e3, gf,
-                    gf / (mode == Numerics::kExact ? roof.fp32_fma_gflops : bf16_peak));
-      }
-    }
   }
 
-  // ---- grouped experts
-  std::printf("\n== grouped: 256 experts, M per expert 1..64 (skewed, mean ~%s)\n", "16");
+  // ---- grouped experts: rows per expert as in decode-sized batches (mean 16) and as in a prefill of
+  // 4 × 512 tokens (2,048 × 8 choices over 256 experts: mean 64), geometric (skewed) either way.
+  for (int mean : {16, 64}) {
+  std::printf("\n== grouped: 256 experts, M per expert 1..%d (geometric, mean ~%d)\n", 4 * mean, mean);
   std::printf("%-26s %-9s %10s %9s %9s %6s\n", "expert [N,K]", "numerics", "ms/call", "GB/s", "GFLOP/s", "frac");
   for (auto [N, K] : {std::pair{256, 1024}, std::pair{1024, 256}}) {
     std::vector<Fp8Weight> ws;
     for (int e = 0; e < 256; ++e) ws.emplace_back(N, K, rng);
     std::vector<int> Ms;
-    std::geometric_distribution<int> gd(1.0 / 16);
+    std::geometric_distribution<int> gd(1.0 / mean);
     long rows = 0;
-    for (int e = 0; e < 256; ++e) Ms.push_back(std::clamp(gd(rng) + 1, 1, 64)), rows += Ms.back();
+    for (int e = 0; e < 256; ++e) Ms.push_back(std::clamp(gd(rng) + 1, 1, 4 * mean)), rows += Ms.back();
     std::vector<std::vector<float>> xs, ys;
     for (int e = 0; e < 256; ++e) xs.push_back(random_x(size_t(Ms[e]) * K, rng)), ys.emplace_back(size_t(Ms[e]) * N);
     std::vector<Fp8MatmulTask> tasks;
@@ -190,6 +195,7 @@ int main(int argc, char** argv) {
       std::printf("%-26s %-9s %10.2f %9.1f %9.1f %6.2f\n", name, mode_name(mode), t * 1e3, 256.0 * N * K / t * 1e-9, gf,
                   gf / (mode == Numerics::kExact ? roof.fp32_fma_gflops : bf16_peak));
     }
+  }
   }
   return 0;
 }

@@ -61,6 +61,7 @@ inline Fp8Lut load_fp8_lut(const uint8_t* hi128, const uint8_t* lo128) {
 }
 #if defined(__AVX512VBMI__)
 constexpr float kWiden64Scale = 1.0f;
+constexpr bool kWidenPermutes = true;  // the 64-code widenings below leave their outputs permuted
 constexpr int fp8x64_source(int j) {  // output position (16q + 4L + e) → code index (16L + 4q + e)
   return 16 * ((j % 16) / 4) + 4 * (j / 16) + j % 4;
 }
@@ -87,6 +88,7 @@ inline void widen_fp8x64_bf16(const Fp8Lut& t, __m512i codes, __m512i& w0, __m51
 }
 #else
 constexpr float kWiden64Scale = kFp8WidenScale;
+constexpr bool kWidenPermutes = false;
 constexpr int fp8x64_source(int j) { return j; }
 constexpr int fp8x64_bf16_source(int p) { return p; }
 inline void widen_fp8x64(const Fp8Lut&, __m512i codes, __m512 f[4]) {
@@ -106,6 +108,31 @@ inline void widen_fp8x64_bf16(const Fp8Lut&, __m512i codes, __m512i& w0, __m512i
 }
 #endif
 #endif
+// Rows r[0..15] of 16 32-bit elements → columns: afterwards r[c] holds element c of each row.
+inline void transpose16x16_epi32(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4i + j], 128-bit lane L: column 4L + j of rows 4i..4i+3.
+  __m512i u[16];
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512i a_even = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88), a_odd = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xDD);
+    const __m512i b_even = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88), b_odd = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xDD);
+    r[j] = _mm512_shuffle_i32x4(a_even, b_even, 0x88);
+    r[8 + j] = _mm512_shuffle_i32x4(a_even, b_even, 0xDD);
+    r[4 + j] = _mm512_shuffle_i32x4(a_odd, b_odd, 0x88);
+    r[12 + j] = _mm512_shuffle_i32x4(a_odd, b_odd, 0xDD);
+  }
+}
+
 inline __m512i load_codes64(const uint8_t* p, int n) {
   return n >= 64 ? _mm512_loadu_si512(p)
                  : _mm512_maskz_loadu_epi8(n <= 0 ? __mmask64(0) : __mmask64((uint64_t(1) << n) - 1), p);

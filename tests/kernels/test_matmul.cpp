@@ -191,6 +191,28 @@ TEST(Kernels, EncodeFp8MatchesScalarBitForBit) {
 #endif
 }
 
+// The transpose behind the prefill activation pack, against plain indexing on fresh random rows.
+TEST(Kernels, Transpose16x16MatchesIndexing) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (int trial = 0; trial < 100; ++trial) {
+    alignas(64) uint32_t in[16][16], out[16][16];
+    for (auto& row : in)
+      for (auto& v : row) v = uint32_t(rng());
+    __m512i r[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(in[i]);
+    simd::transpose16x16_epi32(r);
+    for (int i = 0; i < 16; ++i) _mm512_store_si512(out[i], r[i]);
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 16; ++j) ASSERT_EQ(out[j][i], in[i][j]) << "row " << i << ", column " << j;
+  }
+#else
+  GTEST_SKIP() << "no AVX-512 on this target";
+#endif
+}
+
 TEST(Kernels, QuantizeRowsMatchesTwinBitForBit) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
