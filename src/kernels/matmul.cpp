@@ -925,18 +925,19 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
       }
     }
   }
-  // Transpose the tile out into y in 16 × 16 blocks (rounding to BF16 under DeepSeek numerics).
+  // Transpose the tile out into y in 16 × 16 blocks, in registers (rounding to BF16 under DeepSeek
+  // numerics). Tile rows past nn and columns past `rows` may hold anything: they are never stored.
   const int m0 = p0 * kPanel, rows = std::min(a.M, p1 * kPanel) - m0;
   for (int mb = 0; mb < rows; mb += 16)
     for (int rb = 0; rb < nn; rb += 16) {
-      const int me = std::min(rows, mb + 16), re = std::min(nn, rb + 16);
-      for (int m = mb; m < me; ++m) {
-        float* yr = y + size_t(m0 + m) * ldy + n0;
-        const float* c = ct + m;
-        if (a.deepseek)
-          for (int r = rb; r < re; ++r) yr[r] = round_to_bf16(c[size_t(r) * ldc]);
-        else
-          for (int r = rb; r < re; ++r) yr[r] = c[size_t(r) * ldc];
+      __m512i v[16];
+      for (int r = 0; r < 16; ++r) v[r] = _mm512_load_si512(ct + size_t(rb + r) * ldc + mb);
+      simd::transpose16x16_epi32(v);
+      const __mmask16 lanes = simd::first_lanes16(nn - rb);
+      for (int m = 0; m < std::min(16, rows - mb); ++m) {
+        __m512 out = _mm512_castsi512_ps(v[m]);
+        if (a.deepseek) out = simd::round_to_bf16x16(out);
+        _mm512_mask_storeu_ps(y + size_t(m0 + mb + m) * ldy + n0 + rb, lanes, out);
       }
     }
 }
