@@ -1,5 +1,7 @@
 #include "model/moe.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <numeric>
 
@@ -15,11 +17,20 @@ using kernels::Numerics;
 namespace {
 
 // h = silu(g) ⊙ u, BF16 between operators in DeepSeek numerics (as Expert.forward in model.py).
+// (Over the threads for a prefill's shared expert; per expert, inside run_experts' parallel loop,
+// on the calling thread: see round_activations for why small ones stay out of OpenMP.)
 void swiglu(std::span<float> g, std::span<const float> u, Numerics mode) {
-  for (size_t i = 0; i < g.size(); ++i) {
+  auto one = [&](size_t i) {
     float a = silu(g[i]);
     if (mode == Numerics::kDeepSeek) a = round_to_bf16(a);
     g[i] = a * u[i];
+  };
+  const long n = long(g.size());
+  if (n < (1 << 15) || omp_in_parallel()) {
+    for (long i = 0; i < n; ++i) one(size_t(i));
+  } else {
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; ++i) one(size_t(i));
   }
   round_activations(g, mode);
 }

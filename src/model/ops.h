@@ -11,9 +11,20 @@ namespace epserve::model {
 using kernels::Numerics;
 
 // In DeepSeek numerics every activation tensor between operators is BF16; in exact mode FP32.
+// Large tensors (a prefill's T × hidden) over the threads: run on one, these element-wise passes
+// left the other thread idle for a tenth of a two-thread prefill. Small ones (a head's row, called
+// thousands of times per step) never touch OpenMP: even a parallel region whose `if` is false
+// costs about a microsecond.
 inline void round_activations(std::span<float> x, Numerics mode) {
-  if (mode == Numerics::kDeepSeek)
-    for (float& v : x) v = round_to_bf16(v);
+  if (mode != Numerics::kDeepSeek) return;
+  float* p = x.data();
+  const long n = long(x.size());
+  if (n < (1 << 16)) {
+    for (long i = 0; i < n; ++i) p[i] = round_to_bf16(p[i]);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < n; ++i) p[i] = round_to_bf16(p[i]);
 }
 
 // out = w ⊙ x / sqrt(mean(x²) + eps), statistics in FP32 (reference §4).
