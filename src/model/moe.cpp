@@ -37,8 +37,59 @@ void swiglu(std::span<float> g, std::span<const float> u, Numerics mode) {
 
 }  // namespace
 
-Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T) {
+namespace {
+
+// One token's routing buffers, reused from token to token by each thread.
+struct RouteScratch {
+  std::vector<float> score, biased, keys;
+  std::vector<std::pair<float, int>> groups;
+  std::vector<char> kept;
+  std::vector<int> order;
+  RouteScratch(int E, int G, int K) : score(E), biased(E), keys(E), groups(G), kept(G) { order.reserve(size_t(K) + 1); }
+};
+
+// One token's K experts and weights from its gate logits (DeepSeek's MoEGate).
+void route_one(const MoeWeights& w, const ModelConfig& c, const float* logits, RouteScratch& s, int* expert, float* weight) {
   const int E = c.n_routed_experts, K = c.num_experts_per_tok, G = c.n_group, per_group = E / G;
+  for (int e = 0; e < E; ++e) {
+    s.score[e] = sigmoid(logits[e]);
+    s.biased[e] = s.score[e] + w.correction_bias[e];
+  }
+  // Group score: the sum of its two best biased scores (one if a group has a single expert).
+  for (int g = 0; g < G; ++g) {
+    float best = -INFINITY, second = -INFINITY;
+    for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
+      if (s.biased[e] > best) { second = best; best = s.biased[e]; }
+      else if (s.biased[e] > second) second = s.biased[e];
+    }
+    s.groups[g] = {per_group >= 2 ? best + second : best, g};
+  }
+  std::stable_sort(s.groups.begin(), s.groups.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  std::fill(s.kept.begin(), s.kept.end(), char(0));
+  for (int i = 0; i < c.topk_group; ++i) s.kept[s.groups[i].second] = 1;
+  // The K best keys, ties to the lower expert id (what a stable sort by descending key gives),
+  // by insertion into a sorted list of K: an expert enters only when strictly better.
+  for (int e = 0; e < E; ++e) s.keys[e] = s.kept[e / per_group] ? s.biased[e] : -INFINITY;
+  s.order.clear();
+  for (int e = 0; e < E; ++e) {
+    if (int(s.order.size()) == K && !(s.keys[e] > s.keys[s.order.back()])) continue;
+    auto at = std::find_if(s.order.begin(), s.order.end(), [&](int o) { return s.keys[e] > s.keys[o]; });
+    s.order.insert(at, e);
+    if (int(s.order.size()) > K) s.order.pop_back();
+  }
+  float sum = 0;
+  for (int k = 0; k < K; ++k) sum += s.score[s.order[k]];
+  for (int k = 0; k < K; ++k) {
+    const int e = s.order[k];
+    expert[k] = e;
+    weight[k] = (c.norm_topk_prob ? s.score[e] / sum : s.score[e]) * float(c.routed_scaling_factor);
+  }
+}
+
+}  // namespace
+
+Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T) {
+  const int E = c.n_routed_experts, K = c.num_experts_per_tok;
   Routing r;
   r.k = K;
   if (T == 0) return r;
@@ -46,46 +97,13 @@ Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const 
   kernels::matmul_bf16(x, T, w.gate, logits);
   r.expert.resize(size_t(T) * K);
   r.weight.resize(size_t(T) * K);
-  // Tokens are independent: one per iteration, spread over the threads.
-#pragma omp parallel for schedule(static) if (T > 1)
-  for (int t = 0; t < T; ++t) {
-    std::vector<float> score(E), biased(E);
-    for (int e = 0; e < E; ++e) {
-      score[e] = sigmoid(logits[size_t(t) * E + e]);
-      biased[e] = score[e] + w.correction_bias[e];
-    }
-    // Group score: the sum of its two best biased scores (one if a group has a single expert).
-    std::vector<std::pair<float, int>> groups(G);
-    for (int g = 0; g < G; ++g) {
-      float best = -INFINITY, second = -INFINITY;
-      for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
-        if (biased[e] > best) { second = best; best = biased[e]; }
-        else if (biased[e] > second) second = biased[e];
-      }
-      groups[g] = {per_group >= 2 ? best + second : best, g};
-    }
-    std::stable_sort(groups.begin(), groups.end(), [](auto& a, auto& b) { return a.first > b.first; });
-    std::vector<char> kept(G, 0);
-    for (int i = 0; i < c.topk_group; ++i) kept[groups[i].second] = 1;
-    // The K best keys, ties to the lower expert id (what a stable sort by descending key gives),
-    // by insertion into a sorted list of K: an expert enters only when strictly better.
-    auto key = [&](int e) { return kept[e / per_group] ? biased[e] : -INFINITY; };
-    std::vector<int> order;
-    order.reserve(size_t(K) + 1);
-    for (int e = 0; e < E; ++e) {
-      if (int(order.size()) == K && !(key(e) > key(order.back()))) continue;
-      auto at = std::find_if(order.begin(), order.end(), [&](int o) { return key(e) > key(o); });
-      order.insert(at, e);
-      if (int(order.size()) > K) order.pop_back();
-    }
-    float sum = 0;
-    for (int k = 0; k < K; ++k) sum += score[order[k]];
-    for (int k = 0; k < K; ++k) {
-      const int e = order[k];
-      r.expert[size_t(t) * K + k] = e;
-      const float weight = c.norm_topk_prob ? score[e] / sum : score[e];
-      r.weight[size_t(t) * K + k] = weight * float(c.routed_scaling_factor);
-    }
+  // Tokens are independent: spread over the threads, each with its own buffers.
+#pragma omp parallel if (T > 1)
+  {
+    RouteScratch scratch(E, c.n_group, K);
+#pragma omp for schedule(static)
+    for (int t = 0; t < T; ++t)
+      route_one(w, c, &logits[size_t(t) * E], scratch, &r.expert[size_t(t) * K], &r.weight[size_t(t) * K]);
   }
   return r;
 }
