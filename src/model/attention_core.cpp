@@ -10,25 +10,6 @@
 namespace epserve::model {
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-namespace {
-// e^x for x ≤ 0 (Cephes' expf: x = n·ln2 + r, |r| ≤ ln2/2, a degree-7 polynomial in r, 2^n by
-// vscalefps); about 1 ulp, and the same value whichever lane or call computes it.
-__m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-}  // namespace
 
 void softmax_probabilities(std::span<float> s, kernels::Numerics mode) {
   const int n = int(s.size());
@@ -39,7 +20,7 @@ void softmax_probabilities(std::span<float> s, kernels::Numerics mode) {
   const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
   __m512 sum = _mm512_setzero_ps();
   for (int j = 0; j < n; j += 16) {
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(j), x + j), top));
+    const __m512 e = kernels::simd::exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(j), x + j), top));
     _mm512_mask_storeu_ps(x + j, mask(j), e);
     sum = _mm512_mask_add_ps(sum, mask(j), sum, e);
   }

@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "base/scratch.h"
+#include "kernels/simd.h"
 #include "model/ops.h"
 
 namespace epserve::model {
@@ -18,19 +19,35 @@ namespace {
 
 // h = silu(g) ⊙ u, BF16 between operators in DeepSeek numerics (as Expert.forward in model.py).
 // (Over the threads for a prefill's shared expert; per expert, inside run_experts' parallel loop,
-// on the calling thread: see round_activations for why small ones stay out of OpenMP.)
+// on the calling thread: see round_activations for why small ones stay out of OpenMP.) With
+// AVX-512, 16 at a time through a vector exp: std::exp one by one took 7% of a prefill.
 void swiglu(std::span<float> g, std::span<const float> u, Numerics mode) {
-  auto one = [&](size_t i) {
-    float a = silu(g[i]);
-    if (mode == Numerics::kDeepSeek) a = round_to_bf16(a);
-    g[i] = a * u[i];
+  const bool deepseek = mode == Numerics::kDeepSeek;
+  auto range = [&](long i0, long i1) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    // Every element through the vector path (the tail masked), so that a value never depends on
+    // where it sits in the buffer.
+    for (long i = i0; i < i1; i += 16) {
+      const __mmask16 lanes = kernels::simd::first_lanes16(int(std::min<long>(16, i1 - i)));
+      __m512 a = kernels::simd::silu16(_mm512_maskz_loadu_ps(lanes, &g[size_t(i)]));
+      if (deepseek) a = kernels::simd::round_to_bf16x16(a);
+      _mm512_mask_storeu_ps(&g[size_t(i)], lanes, _mm512_mul_ps(a, _mm512_maskz_loadu_ps(lanes, &u[size_t(i)])));
+    }
+#else
+    for (long i = i0; i < i1; ++i) {
+      float a = silu(g[size_t(i)]);
+      if (deepseek) a = round_to_bf16(a);
+      g[size_t(i)] = a * u[size_t(i)];
+    }
+#endif
   };
   const long n = long(g.size());
   if (n < (1 << 15) || omp_in_parallel()) {
-    for (long i = 0; i < n; ++i) one(size_t(i));
+    range(0, n);
   } else {
+    const long chunk = 4096;
 #pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; ++i) one(size_t(i));
+    for (long c = 0; c < n; c += chunk) range(c, std::min(n, c + chunk));
   }
   round_activations(g, mode);
 }

@@ -213,6 +213,40 @@ TEST(Kernels, Transpose16x16MatchesIndexing) {
 #endif
 }
 
+// The vector SiLU of the SwiGLU against z / (1 + e^-z) in double, on fresh random inputs and the
+// ends of the range (it must not overflow): within 4 ulp, or 1e-40 where the result is subnormal
+// (below z ≈ -87, where e^z itself is subnormal and carries fewer bits).
+TEST(Kernels, Silu16MatchesDoubleWithinUlps) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::vector<float> in = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-6f, -1e-6f, 88.0f, -88.0f, 100.0f, -100.0f, 1e30f, -1e30f};
+  std::uniform_real_distribution<float> wide(-30, 30), narrow(-4, 4);
+  for (int i = 0; i < 100000; ++i) in.push_back(i % 2 ? wide(rng) : narrow(rng));
+  while (in.size() % 16) in.push_back(1.0f);
+  double worst = 0;
+  for (size_t i = 0; i < in.size(); i += 16) {
+    alignas(64) float out[16];
+    _mm512_store_ps(out, simd::silu16(_mm512_loadu_ps(&in[i])));
+    for (int j = 0; j < 16; ++j) {
+      const double z = in[i + j], want = z / (1.0 + std::exp(-z));
+      if (std::abs(want) < 1.17549435e-38) {
+        ASSERT_LE(std::abs(out[j] - want), 1e-40) << "silu(" << z << ") = " << out[j] << ", want " << want;
+        continue;
+      }
+      const double ulp = std::abs(double(std::nextafter(float(want), INFINITY)) - double(float(want)));
+      const double err = std::abs(out[j] - want) / ulp;
+      worst = std::max(worst, err);
+      ASSERT_LE(err, 4.0) << "silu(" << z << ") = " << out[j] << ", want " << want;
+    }
+  }
+  RecordProperty("worst_ulps", std::to_string(worst));
+#else
+  GTEST_SKIP() << "no AVX-512 on this target";
+#endif
+}
+
 TEST(Kernels, QuantizeRowsMatchesTwinBitForBit) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
