@@ -431,20 +431,35 @@ void prepare_bf16x(Activations& a, const float* x, bool par) {
   const int K2 = Kp / 2;
   a.xpb_store.resize(size_t(a.panels) * K2 * kPanel);
   uint32_t* xpb = a.xpb_store.data();
+  // 16 rows × 32 values at a time: rounded to BF16 in registers, the high halves of each float pair
+  // gathered into 16 pairs, then transposed into the panel (as the FP8 pack in prepare_from_codes).
+  __m512i high_halves;  // 16-bit lane t ← 16-bit lane 2t + 1 of (first, second)
+  {
+    alignas(64) uint16_t idx[32];
+    for (int t = 0; t < 32; ++t) idx[t] = uint16_t(2 * t + 1);
+    high_halves = _mm512_load_si512(idx);
+  }
 #pragma omp parallel for schedule(static) if (par && a.panels > 1)
   for (int p = 0; p < a.panels; ++p) {
     uint32_t* dst = xpb + size_t(p) * K2 * kPanel;
-    for (int i = 0; i < panel_lanes(M, p); ++i) {
-      const int m = p * kPanel + i;
-      const float* row = x + size_t(m) * K;
-      for (int kp = 0; kp < K2; ++kp) {
-        uint32_t pair = 0;
-        if (m < M)
-          for (int e = 0; e < 2; ++e)
-            if (2 * kp + e < K) pair |= uint32_t(float_to_bf16(row[2 * kp + e]).bits) << (16 * e);
-        dst[size_t(kp) * kPanel + i] = pair;
+    const int lanes = panel_lanes(M, p), rows = std::min(lanes, M - p * kPanel);
+    for (int k0 = 0; k0 < Kp; k0 += 32)
+      for (int g = 0; 16 * g < lanes; ++g) {
+        __m512i v[16];
+        for (int i = 0; i < 16; ++i) {
+          if (16 * g + i >= rows) {
+            v[i] = _mm512_setzero_si512();
+            continue;
+          }
+          const float* row = x + size_t(p * kPanel + 16 * g + i) * K + k0;
+          const __m512 lo = simd::round_to_bf16x16(_mm512_maskz_loadu_ps(simd::first_lanes16(K - k0), row));
+          const __m512 hi = simd::round_to_bf16x16(_mm512_maskz_loadu_ps(simd::first_lanes16(K - k0 - 16), row + 16));
+          v[i] = _mm512_permutex2var_epi16(_mm512_castps_si512(lo), high_halves, _mm512_castps_si512(hi));
+        }
+        simd::transpose16x16_epi32(v);
+        uint32_t* d = dst + size_t(k0 / 2) * kPanel + 16 * g;
+        for (int c = 0; c < 16; ++c) _mm512_store_si512(d + size_t(c) * kPanel, v[c]);
       }
-    }
   }
   a.xpb = xpb;
 #else

@@ -126,9 +126,9 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// silu(z) = z · sigmoid(z) for 16 floats, through e^-|z| (never overflows; past |z| = 87, the
-// end of exp_nonpositive's range, as (e^(-|z|/2))²): within 4 ulp where the result is normal.
-inline __m512 silu16(__m512 z) {
+// sigmoid(z) = 1 / (1 + e^-z) for 16 floats, through e^-|z| (never overflows; past |z| = 87, the
+// end of exp_nonpositive's range, as (e^(-|z|/2))²), e / (1 + e) for negative z.
+inline __m512 sigmoid16(__m512 z) {
   const __m512 a = _mm512_abs_ps(z);
   __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), a));
   if (const __mmask16 far = _mm512_cmp_ps_mask(a, _mm512_set1_ps(87.0f), _CMP_GT_OQ)) {
@@ -137,9 +137,11 @@ inline __m512 silu16(__m512 z) {
   }
   const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
   const __mmask16 negative = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ);
-  const __m512 sigmoid = _mm512_mask_mul_ps(inv, negative, inv, e);  // z < 0: e / (1 + e)
-  return _mm512_mul_ps(z, sigmoid);
+  return _mm512_mask_mul_ps(inv, negative, inv, e);
 }
+
+// silu(z) = z · sigmoid(z): within 4 ulp of double where the result is normal.
+inline __m512 silu16(__m512 z) { return _mm512_mul_ps(z, sigmoid16(z)); }
 
 // Rows r[0..15] of 16 32-bit elements → columns: afterwards r[c] holds element c of each row.
 inline void transpose16x16_epi32(__m512i r[16]) {

@@ -68,10 +68,19 @@ struct RouteScratch {
 // One token's K experts and weights from its gate logits (DeepSeek's MoEGate).
 void route_one(const MoeWeights& w, const ModelConfig& c, const float* logits, RouteScratch& s, int* expert, float* weight) {
   const int E = c.n_routed_experts, K = c.num_experts_per_tok, G = c.n_group, per_group = E / G;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  for (int e = 0; e < E; e += 16) {  // every expert through the same lanes (the tail masked)
+    const __mmask16 lanes = kernels::simd::first_lanes16(E - e);
+    const __m512 score = kernels::simd::sigmoid16(_mm512_maskz_loadu_ps(lanes, logits + e));
+    _mm512_mask_storeu_ps(&s.score[e], lanes, score);
+    _mm512_mask_storeu_ps(&s.biased[e], lanes, _mm512_add_ps(score, _mm512_maskz_loadu_ps(lanes, &w.correction_bias[e])));
+  }
+#else
   for (int e = 0; e < E; ++e) {
     s.score[e] = sigmoid(logits[e]);
     s.biased[e] = s.score[e] + w.correction_bias[e];
   }
+#endif
   // Group score: the sum of its two best biased scores (one if a group has a single expert).
   for (int g = 0; g < G; ++g) {
     float best = -INFINITY, second = -INFINITY;
@@ -86,7 +95,8 @@ void route_one(const MoeWeights& w, const ModelConfig& c, const float* logits, R
   for (int i = 0; i < c.topk_group; ++i) s.kept[s.groups[i].second] = 1;
   // The K best keys, ties to the lower expert id (what a stable sort by descending key gives),
   // by insertion into a sorted list of K: an expert enters only when strictly better.
-  for (int e = 0; e < E; ++e) s.keys[e] = s.kept[e / per_group] ? s.biased[e] : -INFINITY;
+  for (int g = 0; g < G; ++g)
+    for (int e = g * per_group; e < (g + 1) * per_group; ++e) s.keys[e] = s.kept[g] ? s.biased[e] : -INFINITY;
   s.order.clear();
   for (int e = 0; e < E; ++e) {
     if (int(s.order.size()) == K && !(s.keys[e] > s.keys[s.order.back()])) continue;
@@ -105,13 +115,15 @@ void route_one(const MoeWeights& w, const ModelConfig& c, const float* logits, R
 
 }  // namespace
 
-Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T) {
+Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T, Numerics mode) {
   const int E = c.n_routed_experts, K = c.num_experts_per_tok;
   Routing r;
   r.k = K;
   if (T == 0) return r;
   std::vector<float> logits(size_t(T) * E);
-  kernels::matmul_bf16(x, T, w.gate, logits);
+  // FP32 logits; in DeepSeek numerics x holds BF16 values, so the BF16 dot products are exact
+  // products (kernels/matmul.h), at twice the FP32 rate.
+  kernels::matmul_bf16(x, T, w.gate, logits, mode);
   r.expert.resize(size_t(T) * K);
   r.weight.resize(size_t(T) * K);
   // Tokens are independent: spread over the threads, each with its own buffers.
@@ -220,7 +232,7 @@ void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c
 void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span<const float> x, int T,
                  std::span<float> out, Numerics mode, ExpertRunner& runner, Routing* routing_out) {
   const int d = c.hidden_size;
-  const Routing r = route_tokens(w, c, x, T);
+  const Routing r = route_tokens(w, c, x, T, mode);
   auto& rows = scratch<struct MoeExpertRows>(size_t(T) * r.k * d);  // the runner fills every row
   runner.run(layer, w, c, r, x, T, mode, rows);
   auto& shared = scratch<struct MoeSharedOut>(size_t(T) * d);

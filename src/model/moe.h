@@ -19,7 +19,8 @@ struct Routing {
 // Sigmoid scores from the BF16 gate (FP32 math); the correction bias only chooses; group-limited
 // top-k (n_group groups ranked by the sum of their top-2 biased scores, topk_group kept); ties go to
 // the lower index.
-Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T);
+// The gate product in the step's numerics (DeepSeek: BF16 dot products, exact since x holds BF16 values).
+Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const float> x, int T, kernels::Numerics mode);
 
 // out[T, hidden] = SwiGLU(x) for a dense block.
 void mlp_forward(const MlpWeights& w, std::span<const float> x, int T, std::span<float> out, kernels::Numerics mode);
