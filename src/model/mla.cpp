@@ -5,6 +5,7 @@
 
 #include "base/bf16.h"
 #include "base/scratch.h"
+#include "kernels/simd.h"
 #include "model/attention_core.h"
 #include "model/ops.h"
 
@@ -48,6 +49,25 @@ struct Dims {
         lora(c.kv_lora_rank), qk(c.qk_nope_head_dim + c.qk_rope_head_dim), width(c.kv_lora_rank + c.qk_rope_head_dim) {}
 };
 
+// dst[c·ld_dst + r] = src[r·ld_src + c] for r < rows, c < cols: 16 × 16 blocks transposed in
+// registers with AVX-512 (the keys of a head, laid out key-minor for the attention core).
+void transpose_into(const float* src, size_t ld_src, int rows, int cols, float* dst, size_t ld_dst) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  for (int r0 = 0; r0 < rows; r0 += 16)
+    for (int c0 = 0; c0 < cols; c0 += 16) {
+      const __mmask16 in_cols = kernels::simd::first_lanes16(cols - c0), in_rows = kernels::simd::first_lanes16(rows - r0);
+      __m512i v[16];
+      for (int i = 0; i < 16; ++i)
+        v[i] = r0 + i < rows ? _mm512_maskz_loadu_epi32(in_cols, src + size_t(r0 + i) * ld_src + c0) : _mm512_setzero_si512();
+      kernels::simd::transpose16x16_epi32(v);
+      for (int c = 0; c < std::min(16, cols - c0); ++c) _mm512_mask_storeu_epi32(dst + size_t(c0 + c) * ld_dst + r0, in_rows, v[c]);
+    }
+#else
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) dst[size_t(c) * ld_dst + r] = src[size_t(r) * ld_src + c];
+#endif
+}
+
 // Naive path for one sequence: keys and values expanded from the latent for every cached token,
 // then each head's causal attention (attention_core.h) over its keys laid out for it.
 void attend_naive(const AttentionWeights& w, const Dims& D, float scale, const SequenceKv& kv, int layer, int len,
@@ -65,17 +85,14 @@ void attend_naive(const AttentionWeights& w, const Dims& D, float scale, const S
   for (int h = 0; h < D.heads; ++h) {
     // This head's keys transposed ([nope | rope] × keys, zero-padded), values and queries as rows.
     auto& kt = scratch<struct NaiveHeadKeys>(size_t(D.qk) * ldk);  // (each OpenMP thread its own)
-    std::fill(kt.begin(), kt.end(), 0.0f);
+    for (int d = 0; d < D.qk; ++d) std::fill(kt.begin() + long(d) * ldk + len, kt.begin() + long(d + 1) * ldk, 0.0f);
     auto& v = scratch<struct NaiveHeadValues>(size_t(len) * D.v);
     auto& qh = scratch<struct NaiveHeadQueries>(size_t(count) * D.qk);
     auto& oh = scratch<struct NaiveHeadOut>(size_t(count) * D.v);
-    for (int j = 0; j < len; ++j) {
-      const float* k_nope = &kvb[size_t(j) * kvb_width + h * (D.nope + D.v)];
-      const float* k_rope = &cache[size_t(j) * D.width + D.lora];
-      for (int d = 0; d < D.nope; ++d) kt[size_t(d) * ldk + j] = k_nope[d];
-      for (int d = 0; d < D.rope; ++d) kt[size_t(D.nope + d) * ldk + j] = k_rope[d];
-      std::copy_n(k_nope + D.nope, D.v, &v[size_t(j) * D.v]);
-    }
+    const float* head_kvb = &kvb[size_t(h) * (D.nope + D.v)];
+    transpose_into(head_kvb, kvb_width, len, D.nope, kt.data(), ldk);
+    transpose_into(&cache[D.lora], D.width, len, D.rope, kt.data() + size_t(D.nope) * ldk, ldk);
+    for (int j = 0; j < len; ++j) std::copy_n(head_kvb + size_t(j) * kvb_width + D.nope, D.v, &v[size_t(j) * D.v]);
     for (int i = 0; i < count; ++i) std::copy_n(&q[(size_t(first + i) * D.heads + h) * D.qk], D.qk, &qh[size_t(i) * D.qk]);
     HeadAttention a;
     a.dq = D.qk;
@@ -180,22 +197,26 @@ void mla_attention(const AttentionWeights& w, const ModelConfig& c, const YarnRo
   matmul_fp8(x, T, w.kv_a, kva, mode);
 
   // New cache rows: normalized latent and rotated shared key; queries' rotary parts rotated too.
+  // Tokens over the threads: each writes its own row of blocks the batch already holds.
+  std::vector<int> seq_of(static_cast<size_t>(T));
   for (size_t s = 0; s < batch.kv.size(); ++s)
-    for (int i = 0; i < batch.count[s]; ++i) {
-      const int t = batch.first[s] + i, pos = batch.position[t];
-      auto src = std::span<float>(kva).subspan(size_t(t) * D.width, D.width);
-      std::vector<float> row(D.width);
-      rms_norm(src.first(D.lora), w.kv_a_norm, c.rms_norm_eps, std::span<float>(row).first(D.lora));
-      std::copy_n(src.begin() + D.lora, D.rope, row.begin() + D.lora);
-      rope.apply(std::span<float>(row).subspan(D.lora, D.rope), pos);
-      round_activations(row, mode);
-      batch.kv[s]->write_row(layer, pos, row);
-      for (int h = 0; h < D.heads; ++h) {
-        auto qr = std::span<float>(q).subspan((size_t(t) * D.heads + h) * D.qk + D.nope, D.rope);
-        rope.apply(qr, pos);
-        round_activations(qr, mode);
-      }
+    for (int i = 0; i < batch.count[s]; ++i) seq_of[size_t(batch.first[s] + i)] = int(s);
+#pragma omp parallel for schedule(static) if (T > 1)
+  for (int t = 0; t < T; ++t) {
+    const int pos = batch.position[t];
+    auto src = std::span<float>(kva).subspan(size_t(t) * D.width, D.width);
+    auto& row = scratch<struct MlaNewCacheRow>(D.width);
+    rms_norm(src.first(D.lora), w.kv_a_norm, c.rms_norm_eps, std::span<float>(row).first(D.lora));
+    std::copy_n(src.begin() + D.lora, D.rope, row.begin() + D.lora);
+    rope.apply(std::span<float>(row).subspan(D.lora, D.rope), pos);
+    round_activations(row, mode);
+    batch.kv[size_t(seq_of[size_t(t)])]->write_row(layer, pos, row);
+    for (int h = 0; h < D.heads; ++h) {
+      auto qr = std::span<float>(q).subspan((size_t(t) * D.heads + h) * D.qk + D.nope, D.rope);
+      rope.apply(qr, pos);
+      round_activations(qr, mode);
     }
+  }
 
   const float scale = float(c.softmax_scale());
   auto& o = scratch<struct MlaHeadOut>(size_t(T) * D.heads * D.v);
