@@ -186,10 +186,12 @@ TEST(Deployment, FailedUnitsRetryRestartOrEndTheirRequests) {
 
   // 1. prefill-a (the first in round robin) dies while it computes a long prompt: the request moves
   // to prefill-b, which completes it, and prefill-a is launched again.
-  const std::string long_prompt = words(4000, "x");
+  // (8,000 tokens: a prefill of about a second here, so that the kill lands inside it on a machine
+  // several times as fast too; the prefill got 1.5x faster this session and CI runs faster still.)
+  const std::string long_prompt = words(8000, "x");
   auto first = post_async(s, chat_body(long_prompt, 8));
   ASSERT_EQ(wait_busy_unit(s, "prefill"), "prefill-a") << s.log();
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // well into the prompt's chunks
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // into the prompt's chunks
   ASSERT_TRUE(kill_rank(endpoint, index_of("prefill-a")));
   ASSERT_EQ(first.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the retried request hangs";
   const auto [status1, answer1] = first.get();
@@ -235,8 +237,10 @@ TEST(Deployment, FailedUnitsRetryRestartOrEndTheirRequests) {
   const auto [status3, answer3] = third.get();
   EXPECT_EQ(status3, 200) << answer3.dump();
 
-  // 4. The last decode unit dies while a request is still in prefill (its decode rank reserved):
-  // nowhere to retry, so it ends with an error, and the deployment says it cannot serve (503).
+  // 4. The last decode unit dies while a request is in flight (its decode rank reserved, usually
+  // still in prefill): nowhere to retry, so it ends with an error, and the deployment says it
+  // cannot serve (503). If the prefill finished first (a fast machine), the request was already on
+  // the dead unit and ends with that unit's failure instead: either way an error that says why.
   if (busy == "prefill-a") {
     ASSERT_TRUE(wait_unit_up_again(s, "prefill-a", 90));
   }
@@ -247,7 +251,10 @@ TEST(Deployment, FailedUnitsRetryRestartOrEndTheirRequests) {
   ASSERT_EQ(fourth.wait_for(std::chrono::seconds(30)), std::future_status::ready) << "the request hangs";
   const auto [status4, answer4] = fourth.get();
   EXPECT_EQ(status4, 500) << answer4.dump();
-  EXPECT_NE(answer4.dump().find("no other unit could take the request"), std::string::npos) << answer4.dump();
+  const std::string why = answer4.dump();
+  EXPECT_TRUE(why.find("no other unit could take the request") != std::string::npos ||
+              why.find("unit " + last_decode + " failed") != std::string::npos)
+      << why;
   auto health = s.client().Get("/health");
   ASSERT_TRUE(health);
   EXPECT_EQ(health->status, 503) << health->body;
