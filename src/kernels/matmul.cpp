@@ -104,6 +104,15 @@ const Fp8Tables& fp8_tables() {
   return t;
 }
 
+// Where output row m goes: y + m·ldy, or rows[m] where the caller scatters the rows (the routed
+// experts' outputs straight into their (token, choice) places, Fp8MatmulTask::y_rows).
+struct Out {
+  float* y = nullptr;
+  int ldy = 0;
+  float* const* rows = nullptr;
+  float* row(int m) const { return rows ? rows[m] : y + size_t(m) * ldy; }
+};
+
 // A weight as the kernels see it: FP8 codes with block scales, or BF16 values (no scales).
 struct Weight {
   const uint8_t* codes = nullptr;
@@ -593,18 +602,18 @@ inline void decode_fp8_block(const Activations& a, const Weight& w, const simd::
 }
 
 template <int M, int R>
-inline void decode_store(const Activations& a, const float (&acc)[R][M], int n, float* y, int ldy) {
+inline void decode_store(const Activations& a, const float (&acc)[R][M], int n, const Out& y) {
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) y[size_t(m) * ldy + n + r] = a.deepseek ? round_to_bf16(acc[r][m]) : acc[r][m];
+    for (int m = 0; m < M; ++m) y.row(m)[n + r] = a.deepseek ? round_to_bf16(acc[r][m]) : acc[r][m];
 }
 
 // R rows, all blocks.
 template <int M, int R>
-void decode_fp8_rows(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, float* y, int ldy) {
+void decode_fp8_rows(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, const Out& y) {
   const size_t ahead = size_t(R) * a.K + 4096;  // prefetch distance along the (contiguous) rows
   float acc[R][M] = {};
   for (int b = 0; b < a.kb; ++b) decode_fp8_block<M, R>(a, w, lut, n, b, ahead, acc);
-  decode_store<M, R>(a, acc, n, y, ldy);
+  decode_store<M, R>(a, acc, n, y);
 }
 
 // kDecodeGroup rows block by block: when the activations (M × K floats) do not fit L1, each block
@@ -612,17 +621,17 @@ void decode_fp8_rows(const Activations& a, const Weight& w, const simd::Fp8Lut& 
 // The same operations per row as decode_fp8_rows: the same results.
 constexpr int kDecodeGroup = 16;
 template <int M, int R>
-void decode_fp8_group(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, float* y, int ldy) {
+void decode_fp8_group(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, const Out& y) {
   static_assert(kDecodeGroup % R == 0);
   float acc[kDecodeGroup / R][R][M] = {};
   for (int b = 0; b < a.kb; ++b)
     for (int g = 0; g < kDecodeGroup / R; ++g) decode_fp8_block<M, R>(a, w, lut, n + g * R, b, 2 * kQuantBlock, acc[g]);
-  for (int g = 0; g < kDecodeGroup / R; ++g) decode_store<M, R>(a, acc[g], n + g * R, y, ldy);
+  for (int g = 0; g < kDecodeGroup / R; ++g) decode_store<M, R>(a, acc[g], n + g * R, y);
 }
 
 // BF16 weights: the same structure, k in order (chain j adds k0 + j, k0 + j + 16, ...).
 template <int M, int R>
-void decode_bf16_rows(const Activations& a, const Weight& w, int n, float* y, int ldy) {
+void decode_bf16_rows(const Activations& a, const Weight& w, int n, const Out& y) {
   const int K = a.K;
   const uint16_t* rows = w.bf16 + size_t(n) * K;
   const size_t ahead = size_t(R) * K + 2048;  // in elements (2 bytes)
@@ -647,7 +656,7 @@ void decode_bf16_rows(const Activations& a, const Weight& w, int n, float* y, in
       for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) y[size_t(m) * ldy + n + r] = acc[r][m];
+    for (int m = 0; m < M; ++m) y.row(m)[n + r] = acc[r][m];
 }
 
 #ifdef EPS_KERNELS_BF16DOT
@@ -658,7 +667,7 @@ inline __mmask32 first_lanes32(int n) {
 // BF16 weights, BF16 activations: the same structure on pairs (chain j adds the pairs j, j+16,
 // j+32, j+48 of each 128-block, as micro_bf16 does), then the tree, then block after block.
 template <int M, int R>
-void decode_bf16dot_rows(const Activations& a, const Weight& w, int n, float* y, int ldy) {
+void decode_bf16dot_rows(const Activations& a, const Weight& w, int n, const Out& y) {
   const int K = a.K, ldx = a.Kp;
   const uint16_t* rows = w.bf16 + size_t(n) * K;
   const size_t ahead = size_t(R) * K + 2048;  // in elements (2 bytes)
@@ -685,46 +694,46 @@ void decode_bf16dot_rows(const Activations& a, const Weight& w, int n, float* y,
       for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) y[size_t(m) * ldy + n + r] = acc[r][m];
+    for (int m = 0; m < M; ++m) y.row(m)[n + r] = acc[r][m];
 }
 #endif
 
 template <int M>
-void decode_range_m(const Activations& a, const Weight& w, int n0, int n1, float* y, int ldy) {
+void decode_range_m(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
   // Several weight rows at a time give independent FMA chains when M is small.
   int n = n0;
   if (w.is_bf16()) {
     constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
 #ifdef EPS_KERNELS_BF16DOT
     if (a.xb) {
-      for (; n + R <= n1; n += R) decode_bf16dot_rows<M, R>(a, w, n, y, ldy);
-      for (; n < n1; ++n) decode_bf16dot_rows<M, 1>(a, w, n, y, ldy);
+      for (; n + R <= n1; n += R) decode_bf16dot_rows<M, R>(a, w, n, y);
+      for (; n < n1; ++n) decode_bf16dot_rows<M, 1>(a, w, n, y);
       return;
     }
 #endif
-    for (; n + R <= n1; n += R) decode_bf16_rows<M, R>(a, w, n, y, ldy);
-    for (; n < n1; ++n) decode_bf16_rows<M, 1>(a, w, n, y, ldy);
+    for (; n + R <= n1; n += R) decode_bf16_rows<M, R>(a, w, n, y);
+    for (; n < n1; ++n) decode_bf16_rows<M, 1>(a, w, n, y);
   } else {
     constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
     const auto& t = fp8_tables();
     const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
     if (size_t(M) * a.kb * kQuantBlock * sizeof(float) > 32 * 1024)  // activations larger than L1
-      for (; n + kDecodeGroup <= n1; n += kDecodeGroup) decode_fp8_group<M, R>(a, w, lut, n, y, ldy);
-    for (; n + R <= n1; n += R) decode_fp8_rows<M, R>(a, w, lut, n, y, ldy);
-    for (; n < n1; ++n) decode_fp8_rows<M, 1>(a, w, lut, n, y, ldy);
+      for (; n + kDecodeGroup <= n1; n += kDecodeGroup) decode_fp8_group<M, R>(a, w, lut, n, y);
+    for (; n + R <= n1; n += R) decode_fp8_rows<M, R>(a, w, lut, n, y);
+    for (; n < n1; ++n) decode_fp8_rows<M, 1>(a, w, lut, n, y);
   }
 }
 
-void decode_range(const Activations& a, const Weight& w, int n0, int n1, float* y, int ldy) {
+void decode_range(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
   switch (a.M) {
-    case 1: return decode_range_m<1>(a, w, n0, n1, y, ldy);
-    case 2: return decode_range_m<2>(a, w, n0, n1, y, ldy);
-    case 3: return decode_range_m<3>(a, w, n0, n1, y, ldy);
-    case 4: return decode_range_m<4>(a, w, n0, n1, y, ldy);
-    case 5: return decode_range_m<5>(a, w, n0, n1, y, ldy);
-    case 6: return decode_range_m<6>(a, w, n0, n1, y, ldy);
-    case 7: return decode_range_m<7>(a, w, n0, n1, y, ldy);
-    case 8: return decode_range_m<8>(a, w, n0, n1, y, ldy);
+    case 1: return decode_range_m<1>(a, w, n0, n1, y);
+    case 2: return decode_range_m<2>(a, w, n0, n1, y);
+    case 3: return decode_range_m<3>(a, w, n0, n1, y);
+    case 4: return decode_range_m<4>(a, w, n0, n1, y);
+    case 5: return decode_range_m<5>(a, w, n0, n1, y);
+    case 6: return decode_range_m<6>(a, w, n0, n1, y);
+    case 7: return decode_range_m<7>(a, w, n0, n1, y);
+    case 8: return decode_range_m<8>(a, w, n0, n1, y);
     default: EPS_REQUIRE(false, "decode_range: M out of range");
   }
 }
@@ -881,7 +890,7 @@ void copy_tile_bf16(const Weight& w, int n0, int nn, int k0, int kc, uint16_t* w
 #endif
 
 // Weight rows [n0, n1) (inside one 128-row scale block) × activation panels [p0, p1).
-void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0, int p1, float* y, int ldy) {
+void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0, int p1, const Out& y) {
   const int kb = a.kb, nn = n1 - n0, groups = ceil_div(nn, kNr);
   const int ldc = (p1 - p0) * kPanel;
   float* ct = tl_tile.get<float>(size_t(kNChunkPad) * ldc);
@@ -952,14 +961,14 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
       for (int m = 0; m < std::min(16, rows - mb); ++m) {
         __m512 out = _mm512_castsi512_ps(v[m]);
         if (a.deepseek) out = simd::round_to_bf16x16(out);
-        _mm512_mask_storeu_ps(y + size_t(m0 + mb + m) * ldy + n0 + rb, lanes, out);
+        _mm512_mask_storeu_ps(y.row(m0 + mb + m) + n0 + rb, lanes, out);
       }
     }
 }
 
 #else  // no AVX-512: scalar kernels with the twin's order of operations per element.
 
-void decode_range(const Activations& a, const Weight& w, int n0, int n1, float* y, int ldy) {
+void decode_range(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
   const int K = a.K, kb = a.kb;
   const auto& t = fp8_tables();
   for (int m = 0; m < a.M; ++m)
@@ -968,7 +977,7 @@ void decode_range(const Activations& a, const Weight& w, int n0, int n1, float* 
       if (w.is_bf16()) {
         for (int k = 0; k < K; ++k)
           acc += a.x[size_t(m) * K + k] * bf16_to_float(bf16{w.bf16[size_t(n) * K + k]});
-        y[size_t(m) * ldy + n] = acc;
+        y.row(m)[n] = acc;
         continue;
       }
       for (int b = 0; b < kb; ++b) {
@@ -978,7 +987,7 @@ void decode_range(const Activations& a, const Weight& w, int n0, int n1, float* 
         const float ws = w.scales[size_t(n / kQuantBlock) * kb + b];
         acc += part * (a.deepseek ? (a.xscale[size_t(m) * kb + b] * ws) * 65536.0f : ws * 256.0f);
       }
-      y[size_t(m) * ldy + n] = a.deepseek ? round_to_bf16(acc) : acc;
+      y.row(m)[n] = a.deepseek ? round_to_bf16(acc) : acc;
     }
 }
 
@@ -990,7 +999,7 @@ void decode_range(const Activations& a, const Weight& w, int n0, int n1, float* 
 struct Job {
   const Activations* a;
   Weight w;
-  float* y;
+  Out y;
 };
 struct Item {
   int job, n0, n1, p0, p1;  // decode items have p0 = p1 = 0
@@ -1021,9 +1030,9 @@ void add_items(std::vector<Item>& items, int job, const Activations& a, const We
 void run_item(const Job& j, const Item& it) {
   const Activations& a = *j.a;
 #ifdef EPS_KERNELS_AVX512
-  if (a.prefill) return prefill_item(a, j.w, it.n0, it.n1, it.p0, it.p1, j.y, j.w.N);
+  if (a.prefill) return prefill_item(a, j.w, it.n0, it.n1, it.p0, it.p1, j.y);
 #endif
-  decode_range(a, j.w, it.n0, it.n1, j.y, j.w.N);
+  decode_range(a, j.w, it.n0, it.n1, j.y);
 }
 
 void run_items(const std::vector<Job>& jobs, const std::vector<Item>& items, bool dynamic) {
@@ -1043,7 +1052,7 @@ void matmul_one(const float* x, const Fp8Rows* quantized, int M, const Weight& w
   thread_local Activations a;  // buffers reused by the next call from this thread
   prepare(a, x, M, w.K, deepseek, quantized, true, !w.is_bf16(), bf16x);
   const int threads = omp_get_max_threads();
-  std::vector<Job> jobs{{&a, w, y}};
+  std::vector<Job> jobs{{&a, w, Out{y, w.N}}};
   std::vector<Item> items;
   // Decode: 8 contiguous row ranges per thread, handed out dynamically, so that a thread that
   // loses its core for a while (these machines are shared) does not hold up the whole product.
@@ -1078,7 +1087,10 @@ void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode) {
   const bool deepseek = mode == Numerics::kDeepSeek;
   for (const auto& t : tasks) {
     EPS_REQUIRE(t.w != nullptr, "matmul_fp8_grouped: task without weight");
-    EPS_REQUIRE(t.y.size() >= size_t(t.M) * t.w->rows, "matmul_fp8_grouped: output too small");
+    if (t.y_rows.empty())
+      EPS_REQUIRE(t.y.size() >= size_t(t.M) * t.w->rows, "matmul_fp8_grouped: output too small");
+    else
+      EPS_REQUIRE(t.y_rows.size() == size_t(t.M), "matmul_fp8_grouped: y_rows must hold one pointer per row");
     if (t.xq) {
       EPS_REQUIRE(t.xq->rows == t.M && t.xq->cols == t.w->cols, "matmul_fp8_grouped: quantized rows do not match M, w->cols");
       EPS_REQUIRE(t.xq->codes.size() >= size_t(t.M) * t.w->cols &&
@@ -1116,7 +1128,8 @@ void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode) {
   std::vector<Item> items;
   const int threads = omp_get_max_threads();
   for (int i = 0; i < T; ++i) {
-    jobs.push_back({&acts[packed[size_t(i)]], view(*tasks[i].w), tasks[i].y.data()});
+    const auto& t = tasks[i];
+    jobs.push_back({&acts[packed[size_t(i)]], view(*t.w), Out{t.y.data(), t.w->rows, t.y_rows.empty() ? nullptr : t.y_rows.data()}});
     // Cut each product into 128-row output blocks (decode) or its natural items (prefill).
     const Activations& a = *jobs.back().a;
     const int target = a.prefill ? 1 : ceil_div(tasks[i].w->rows, kNChunk);

@@ -63,6 +63,9 @@ struct Fp8MatmulTask {
   // When set: these already-quantized rows (M of them) instead of x, DeepSeek numerics whatever
   // the call's mode (as matmul_fp8_quantized; bit-identical to it).
   const Fp8Rows* xq = nullptr;
+  // When set (M pointers to w->rows floats each): output row m goes to y_rows[m] instead of
+  // y[m·w->rows ...] (the same values), so that the caller needs no copy to scatter them.
+  std::span<float* const> y_rows = {};
 };
 void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode);
 

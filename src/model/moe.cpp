@@ -144,7 +144,7 @@ void mlp_forward(const MlpWeights& w, std::span<const float> x, int T, std::span
 }
 
 void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<ExpertInput>& inputs,
-                 std::vector<std::vector<float>>& outputs, Numerics mode) {
+                 std::vector<std::vector<float>>& outputs, Numerics mode, const std::vector<std::vector<float*>>* out_rows) {
   const int E = c.n_routed_experts, d = c.hidden_size, inter = c.moe_intermediate_size;
   using Buffers = std::vector<std::vector<float>>;  // kept between calls (base/scratch.h says why)
   auto& g = scratch_object<struct ExpertGate, Buffers>();
@@ -163,7 +163,7 @@ void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<Ex
                                               ", which this process does not hold");
     g[e].resize(size_t(M) * inter);
     u[e].resize(size_t(M) * inter);
-    outputs[e].resize(size_t(M) * d);
+    if (!out_rows) outputs[e].resize(size_t(M) * d);
     // DeepSeek numerics: the rows quantized at the token's home rank, as they arrived.
     const kernels::Fp8Rows* xq = mode == Numerics::kDeepSeek ? &inputs[e].fp8 : nullptr;
     up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->gate, g[e], xq});
@@ -173,8 +173,11 @@ void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<Ex
 #pragma omp parallel for schedule(dynamic, 8)
   for (int e = 0; e < E; ++e)
     if (inputs[e].rows > 0) swiglu(g[e], u[e], mode);
-  for (int e = 0; e < E; ++e)
-    if (inputs[e].rows > 0) down_tasks.push_back({g[e], inputs[e].rows, &w.experts[e]->down, outputs[e]});
+  for (int e = 0; e < E; ++e) {
+    if (inputs[e].rows == 0) continue;
+    if (out_rows) down_tasks.push_back({g[e], inputs[e].rows, &w.experts[e]->down, {}, nullptr, (*out_rows)[size_t(e)]});
+    else down_tasks.push_back({g[e], inputs[e].rows, &w.experts[e]->down, outputs[e]});
+  }
   kernels::matmul_fp8_grouped(down_tasks, mode);
 }
 
@@ -185,6 +188,7 @@ void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c
   auto& xq = scratch_object<struct ExpertRunnerQuantized, kernels::Fp8Rows>();
   auto& inputs = scratch_object<struct ExpertRunnerInputs, std::vector<ExpertInput>>();
   auto& outputs = scratch_object<struct ExpertRunnerOutputs, std::vector<std::vector<float>>>();
+  auto& out_rows = scratch_object<struct ExpertRunnerOutRows, std::vector<std::vector<float*>>>();
   if (mode == Numerics::kDeepSeek) kernels::quantize_rows_fp8(x, T, d, xq);
   // Each (token, choice) gets the next row of its expert's input, in token order; the rows are then
   // copied in parallel (every copy has its own destination).
@@ -215,14 +219,12 @@ void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c
         std::copy_n(xq.scales.begin() + size_t(t) * blocks, blocks, in.fp8.scales.begin() + row * blocks);
       }
     }
-  run_experts(w, c, inputs, outputs, mode);
+  // The down products write each output row straight to its (token, choice) place in rows.
   rows.resize(size_t(T) * r.k * d);
-#pragma omp parallel for schedule(static) if (T > 1)
-  for (int t = 0; t < T; ++t)
-    for (int k = 0; k < r.k; ++k) {
-      const auto& out = outputs[r.expert[size_t(t) * r.k + k]];
-      std::copy_n(out.begin() + size_t(slot[size_t(t) * r.k + k]) * d, d, rows.begin() + (size_t(t) * r.k + k) * d);
-    }
+  out_rows.resize(E);
+  for (int e = 0; e < E; ++e) out_rows[size_t(e)].resize(size_t(inputs[e].rows));
+  for (size_t i = 0; i < size_t(T) * r.k; ++i) out_rows[size_t(r.expert[i])][size_t(slot[i])] = rows.data() + i * d;
+  run_experts(w, c, inputs, outputs, mode, &out_rows);
 }
 
 void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span<const float> x, int T,

@@ -35,9 +35,11 @@ struct ExpertInput {
 };
 
 // Runs the routed experts on their gathered inputs: outputs[e] is [inputs[e].rows, hidden], BF16
-// values in DeepSeek numerics. Each expert's weights are read once for all its rows.
+// values in DeepSeek numerics. Each expert's weights are read once for all its rows. With
+// out_rows, row m of expert e goes to out_rows[e][m] instead (hidden floats there; outputs unused).
 void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<ExpertInput>& inputs,
-                 std::vector<std::vector<float>>& outputs, kernels::Numerics mode);
+                 std::vector<std::vector<float>>& outputs, kernels::Numerics mode,
+                 const std::vector<std::vector<float*>>* out_rows = nullptr);
 
 // Produces Expert_{e(t,k)}(x_t) for every token t and choice k, rows in (t, k) order: on this
 // process (LocalExpertRunner) or on the ranks that own the experts (dist::ExpertParallelRunner).

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -420,6 +421,25 @@ TEST(Kernels, GroupedEqualsUngroupedBitForBit) {
     Fp8MatmulTask t{xs[3], Ms[3], &weights[3].m, single};
     matmul_fp8_grouped(std::span<const Fp8MatmulTask>(&t, 1), mode);
     EXPECT_EQ(single, ys[3]);
+    // Output rows scattered through y_rows (in a shuffled order, with gaps): the same values.
+    std::vector<std::vector<float>> scattered(24);
+    std::vector<std::vector<float*>> row_ptrs(24);
+    std::vector<Fp8MatmulTask> scatter_tasks;
+    for (int i = 0; i < 24; ++i) {
+      const int N = weights[i].m.rows;
+      scattered[i].assign(size_t(2 * Ms[i] + 1) * N, NAN);
+      std::vector<int> slots(size_t(2 * Ms[i]));
+      std::iota(slots.begin(), slots.end(), 0);
+      std::shuffle(slots.begin(), slots.end(), rng);
+      for (int m = 0; m < Ms[i]; ++m) row_ptrs[i].push_back(scattered[i].data() + size_t(slots[size_t(m)]) * N);
+      scatter_tasks.push_back({xs[i], Ms[i], &weights[i].m, {}, nullptr, row_ptrs[i]});
+    }
+    matmul_fp8_grouped(scatter_tasks, mode);
+    for (int i = 0; i < 24; ++i)
+      for (int m = 0; m < Ms[i]; ++m)
+        for (int n = 0; n < weights[i].m.rows; ++n)
+          ASSERT_EQ(std::bit_cast<uint32_t>(row_ptrs[i][size_t(m)][n]), std::bit_cast<uint32_t>(ys[i][size_t(m) * weights[i].m.rows + n]))
+              << "task " << i << " row " << m << " col " << n;
   }
 }
 
