@@ -100,8 +100,14 @@ void ExpertParallelRunner::run(int layer, const model::MoeWeights& w, const mode
       }
     }
   }
-  std::vector<std::vector<float>> outputs;
-  model::run_experts(w, c, inputs, outputs, mode);
+  // Each expert's output rows contiguous, as they go back.
+  std::vector<std::vector<float>> outputs(inputs.size());
+  std::vector<std::vector<float*>> out_rows(inputs.size());
+  for (size_t e = 0; e < inputs.size(); ++e) {
+    outputs[e].resize(size_t(inputs[e].rows) * d);
+    for (int m = 0; m < inputs[e].rows; ++m) out_rows[e].push_back(outputs[e].data() + size_t(m) * d);
+  }
+  model::run_experts(w, c, inputs, out_rows, mode);
   stats_.experts_s += since(t1);
 
   // Combine: results go back in the order their rows came (BF16 in DeepSeek numerics: the expert

@@ -144,26 +144,21 @@ void mlp_forward(const MlpWeights& w, std::span<const float> x, int T, std::span
 }
 
 void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<ExpertInput>& inputs,
-                 std::vector<std::vector<float>>& outputs, Numerics mode, const std::vector<std::vector<float*>>* out_rows) {
-  const int E = c.n_routed_experts, d = c.hidden_size, inter = c.moe_intermediate_size;
+                 const std::vector<std::vector<float*>>& out_rows, Numerics mode) {
+  const int E = c.n_routed_experts, inter = c.moe_intermediate_size;
   using Buffers = std::vector<std::vector<float>>;  // kept between calls (base/scratch.h says why)
   auto& g = scratch_object<struct ExpertGate, Buffers>();
   auto& u = scratch_object<struct ExpertUp, Buffers>();
   g.resize(E);
   u.resize(E);
   std::vector<Fp8MatmulTask> up_tasks, down_tasks;
-  outputs.resize(E);
   for (int e = 0; e < E; ++e) {
     const int M = inputs[e].rows;
-    if (M == 0) {
-      outputs[e].clear();
-      continue;
-    }
+    if (M == 0) continue;
     EPS_REQUIRE(w.experts[e].has_value(), "tokens were routed to expert " + std::to_string(e) +
                                               ", which this process does not hold");
     g[e].resize(size_t(M) * inter);
     u[e].resize(size_t(M) * inter);
-    if (!out_rows) outputs[e].resize(size_t(M) * d);
     // DeepSeek numerics: the rows quantized at the token's home rank, as they arrived.
     const kernels::Fp8Rows* xq = mode == Numerics::kDeepSeek ? &inputs[e].fp8 : nullptr;
     up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->gate, g[e], xq});
@@ -175,8 +170,7 @@ void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<Ex
     if (inputs[e].rows > 0) swiglu(g[e], u[e], mode);
   for (int e = 0; e < E; ++e) {
     if (inputs[e].rows == 0) continue;
-    if (out_rows) down_tasks.push_back({g[e], inputs[e].rows, &w.experts[e]->down, {}, nullptr, (*out_rows)[size_t(e)]});
-    else down_tasks.push_back({g[e], inputs[e].rows, &w.experts[e]->down, outputs[e]});
+    down_tasks.push_back({g[e], inputs[e].rows, &w.experts[e]->down, {}, nullptr, out_rows[size_t(e)]});
   }
   kernels::matmul_fp8_grouped(down_tasks, mode);
 }
@@ -187,10 +181,9 @@ void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c
   // Buffers kept between calls (base/scratch.h says why).
   auto& xq = scratch_object<struct ExpertRunnerQuantized, kernels::Fp8Rows>();
   auto& inputs = scratch_object<struct ExpertRunnerInputs, std::vector<ExpertInput>>();
-  auto& outputs = scratch_object<struct ExpertRunnerOutputs, std::vector<std::vector<float>>>();
   auto& out_rows = scratch_object<struct ExpertRunnerOutRows, std::vector<std::vector<float*>>>();
   if (mode == Numerics::kDeepSeek) kernels::quantize_rows_fp8(x, T, d, xq);
-  // Each (token, choice) gets the next row of its expert's input, in token order; the rows are then
+  // Each (token, choice) gets the next row of its expert's input, in token order; the inputs are then
   // copied in parallel (every copy has its own destination).
   inputs.resize(E);
   for (auto& in : inputs) in.rows = 0;
@@ -224,7 +217,7 @@ void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c
   out_rows.resize(E);
   for (int e = 0; e < E; ++e) out_rows[size_t(e)].resize(size_t(inputs[e].rows));
   for (size_t i = 0; i < size_t(T) * r.k; ++i) out_rows[size_t(r.expert[i])][size_t(slot[i])] = rows.data() + i * d;
-  run_experts(w, c, inputs, outputs, mode, &out_rows);
+  run_experts(w, c, inputs, out_rows, mode);
 }
 
 void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span<const float> x, int T,

@@ -34,12 +34,12 @@ struct ExpertInput {
   kernels::Fp8Rows fp8;     // [rows, hidden], DeepSeek numerics
 };
 
-// Runs the routed experts on their gathered inputs: outputs[e] is [inputs[e].rows, hidden], BF16
-// values in DeepSeek numerics. Each expert's weights are read once for all its rows. With
-// out_rows, row m of expert e goes to out_rows[e][m] instead (hidden floats there; outputs unused).
+// Runs the routed experts on their gathered inputs: row m of expert e's output (hidden floats,
+// BF16 values in DeepSeek numerics) goes to out_rows[e][m], wherever the caller wants it (in place
+// in the (token, choice) rows, or contiguous per expert to send back). Each expert's weights are
+// read once for all its rows.
 void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<ExpertInput>& inputs,
-                 std::vector<std::vector<float>>& outputs, kernels::Numerics mode,
-                 const std::vector<std::vector<float*>>* out_rows = nullptr);
+                 const std::vector<std::vector<float*>>& out_rows, kernels::Numerics mode);
 
 // Produces Expert_{e(t,k)}(x_t) for every token t and choice k, rows in (t, k) order: on this
 // process (LocalExpertRunner) or on the ranks that own the experts (dist::ExpertParallelRunner).
