@@ -27,24 +27,34 @@
 #include "base/fp8.h"
 #include "kernels/matmul.h"
 #include "kernels/simd.h"
+#include "kernels/simd_avx2.h"
 
 namespace epserve::kernels {
 
 namespace {
 
-constexpr int kDecodeMaxM = 8;    // up to this many rows: the streaming (decode) kernels
-constexpr int kPanel = 32;        // prefill activation rows per panel (two 16-float vectors)
-constexpr int kNr = 8;           // prefill weight rows per microkernel call
-constexpr int kNChunk = kQuantBlock;  // weight rows per work item (one scale block)
-constexpr int kNChunkPad = ceil_div(kNChunk, kNr) * kNr;  // 128 with kNr 8
-constexpr int kItemPanels = 4;    // prefill activation panels per work item (128 rows)
-
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define EPS_KERNELS_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define EPS_KERNELS_AVX2 1  // the kernels of matmul_avx2-inl.h
 #endif
 #if defined(EPS_KERNELS_AVX512) && defined(__AVX512BF16__)
 #define EPS_KERNELS_BF16DOT 1
 #endif
+#if defined(EPS_KERNELS_AVX512) || defined(EPS_KERNELS_AVX2)
+#define EPS_KERNELS_SIMD 1  // decode and prefill kernels (the scalar path has one kernel)
+#endif
+
+constexpr int kDecodeMaxM = 8;    // up to this many rows: the streaming (decode) kernels
+constexpr int kPanel = 32;        // prefill activation rows per panel (two 16-float vectors)
+#ifdef EPS_KERNELS_AVX512
+constexpr int kNr = 8;           // prefill weight rows per microkernel call
+#else
+constexpr int kNr = 4;           // (AVX2: 4 rows × 16 activation rows fill 8 of the 16 registers)
+#endif
+constexpr int kNChunk = kQuantBlock;  // weight rows per work item (one scale block)
+constexpr int kNChunkPad = ceil_div(kNChunk, kNr) * kNr;  // 128 with kNr 8 or 4
+constexpr int kItemPanels = 4;    // prefill activation panels per work item (128 rows)
 
 // 64-byte aligned scratch that grows and is reused (one per thread).
 struct Scratch {
@@ -176,7 +186,7 @@ struct Activations {
 };
 
 bool use_prefill(int M) {
-#ifdef EPS_KERNELS_AVX512
+#ifdef EPS_KERNELS_SIMD
   return M > kDecodeMaxM;
 #else
   return false;  // the scalar path has one kernel
@@ -206,6 +216,18 @@ void quantize_rows_range(const float* x, int r0, int r1, int cols, uint8_t* code
         const int n = std::min(16, k1 - k);
         const __m512i c = simd::encode_fp8x16(_mm512_div_ps(simd::load_floats16(xr + k, n), vs));
         _mm_mask_storeu_epi8(cr + k, simd::first_lanes16(n), _mm512_cvtepi32_epi8(c));
+      }
+#elif defined(EPS_KERNELS_AVX2)
+      const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+      __m256 amax = _mm256_setzero_ps();
+      for (int k = k0; k < k1; k += 8)  // (max returns its second operand for a NaN, as std::max)
+        amax = _mm256_max_ps(_mm256_and_ps(simd::load_floats8(xr + k, k1 - k), abs_mask), amax);
+      const float scale = std::max(simd::reduce_max8(amax), 1e-4f) / kFp8Max;
+      scales[size_t(r) * blocks + b] = scale;
+      const __m256 vs = _mm256_set1_ps(scale);
+      for (int k = k0; k < k1; k += 8) {
+        const uint64_t c8 = simd::pack_codes8(simd::encode_fp8x8(_mm256_div_ps(simd::load_floats8(xr + k, k1 - k), vs)));
+        std::memcpy(cr + k, &c8, size_t(std::min(8, k1 - k)));
       }
 #else
       float amax = 0;
@@ -253,7 +275,7 @@ void prepare_from_codes(Activations& a, bool par) {
   a.xscale = a.scales;
   const uint8_t* codes = a.codes;
   if (!a.prefill) {
-#ifdef EPS_KERNELS_AVX512
+#ifdef EPS_KERNELS_SIMD
     return;  // the decode kernels read a.xk (prepare_decode_blocks)
 #endif
     a.xd.resize(size_t(M) * K);
@@ -334,6 +356,35 @@ void prepare_from_codes(Activations& a, bool par) {
     }
   }
   a.xpb = xpb;
+#elif defined(EPS_KERNELS_AVX2)
+  // 8 rows × 16 codes widened in registers (values · 2^-8), then transposed into the panel in 8 × 8
+  // blocks (positions in k order; zeros past K and for rows past M).
+  a.xp_store.resize(size_t(a.panels) * Kp * kPanel);
+  float* xp = a.xp_store.data();
+#pragma omp parallel for schedule(static) if (par && a.panels > 1)
+  for (int p = 0; p < a.panels; ++p) {
+    float* dst = xp + size_t(p) * Kp * kPanel;
+    const int lanes = panel_lanes(M, p), rows = std::min(lanes, M - p * kPanel);
+    for (int k0 = 0; k0 < Kp; k0 += 16)
+      for (int g = 0; 8 * g < lanes; ++g) {
+        __m256 lo[8], hi[8];
+        for (int i = 0; i < 8; ++i) {
+          if (8 * g + i < rows) {
+            simd::widen_fp8x16(simd::load_codes16(codes + size_t(p * kPanel + 8 * g + i) * K + k0, K - k0), lo[i], hi[i]);
+          } else {
+            lo[i] = hi[i] = _mm256_setzero_ps();
+          }
+        }
+        simd::transpose8x8_ps(lo);
+        simd::transpose8x8_ps(hi);
+        float* d = dst + size_t(k0) * kPanel + 8 * g;
+        for (int c = 0; c < 8; ++c) {
+          _mm256_store_ps(d + size_t(c) * kPanel, lo[c]);
+          _mm256_store_ps(d + size_t(8 + c) * kPanel, hi[c]);
+        }
+      }
+  }
+  a.xp = xp;
 #else
   a.xp_store.resize(size_t(a.panels) * Kp * kPanel);
   float* xp = a.xp_store.data();
@@ -387,7 +438,7 @@ void prepare_exact(Activations& a, const float* x, bool par) {
 // value · 2^-8, as the prefill panels hold it), or with AVX512-BF16 under DeepSeek numerics the BF16
 // pairs xkb[b][m][kp] of positions 2kp, 2kp+1.
 void prepare_decode_blocks(Activations& a, const float* x, const uint8_t* codes) {
-#ifdef EPS_KERNELS_AVX512
+#ifdef EPS_KERNELS_SIMD
   const int M = a.M, K = a.K, kb = a.kb;
   const auto& t = fp8_tables();
 #ifdef EPS_KERNELS_BF16DOT
@@ -511,6 +562,22 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
   if (!a.prefill) prepare_decode_blocks(a, nullptr, a.codes);
   prepare_from_codes(a, par);
 }
+
+#ifdef EPS_KERNELS_SIMD
+// Rows [r0, r1) of the weight's next 128-block (the tile after this one), fetched a few rows at a
+// time while the microkernels run: issued all at once they fill the miss buffers and stall.
+// (Fetching the first tile of the thread's next item as well measured no faster.)
+inline void prefetch_next_tile_rows(const Weight& w, int n0, int r0, int r1, int k_next) {
+  if (k_next >= w.K) return;
+  const int elem = w.is_bf16() ? 2 : 1, bytes = std::min(kQuantBlock, w.K - k_next) * elem;
+  const char* base = w.is_bf16() ? reinterpret_cast<const char*>(w.bf16) : reinterpret_cast<const char*>(w.codes);
+  for (int r = r0; r < r1; ++r) {
+    const char* p = base + (size_t(n0 + r) * w.K + k_next) * elem;
+    for (int off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+  }
+}
+
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Decode kernels: rows [n0, n1) of y for all M (≤ kDecodeMaxM) activation rows.
@@ -822,19 +889,6 @@ inline void micro_bf16(const uint32_t* xp, const uint16_t* wd, int kc2, float* c
 }
 #endif
 
-// Rows [r0, r1) of the weight's next 128-block (the tile after this one), fetched a few rows at a
-// time while the microkernels run: issued all at once they fill the miss buffers and stall.
-// (Fetching the first tile of the thread's next item as well measured no faster.)
-inline void prefetch_next_tile_rows(const Weight& w, int n0, int r0, int r1, int k_next) {
-  if (k_next >= w.K) return;
-  const int elem = w.is_bf16() ? 2 : 1, bytes = std::min(kQuantBlock, w.K - k_next) * elem;
-  const char* base = w.is_bf16() ? reinterpret_cast<const char*>(w.bf16) : reinterpret_cast<const char*>(w.codes);
-  for (int r = r0; r < r1; ++r) {
-    const char* p = base + (size_t(n0 + r) * w.K + k_next) * elem;
-    for (int off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-  }
-}
-
 // Dequantize weight rows [n0, n0+nn) × k-block [k0, k0+kc) into wd[kNChunkPad][128] (rows ≥ nn
 // and columns ≥ kc are zero). FP8: values / kWiden64Scale, positions permuted within each 64 as
 // simd::widen_fp8x64 leaves them; BF16 weights: exact, in order.
@@ -966,7 +1020,9 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
     }
 }
 
-#else  // no AVX-512: scalar kernels with the twin's order of operations per element.
+#elif defined(EPS_KERNELS_AVX2)
+#include "kernels/matmul_avx2-inl.h"
+#else  // no AVX-512 or AVX2: scalar kernels with the twin's order of operations per element.
 
 void decode_range(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
   const int K = a.K, kb = a.kb;
@@ -1009,7 +1065,7 @@ struct Item {
 void add_items(std::vector<Item>& items, int job, const Activations& a, const Weight& w, int target_items) {
   const int N = w.N;
   if (N == 0 || a.M == 0) return;
-#ifdef EPS_KERNELS_AVX512
+#ifdef EPS_KERNELS_SIMD
   if (a.prefill) {
     // Items of 128 weight rows × ≤ 128 activation rows: a 128-row weight tile is dequantized once
     // per item, and the item's panels (64 KB per k-block) and FP32 tile (66 KB) stay in L2.
@@ -1029,7 +1085,7 @@ void add_items(std::vector<Item>& items, int job, const Activations& a, const We
 
 void run_item(const Job& j, const Item& it) {
   const Activations& a = *j.a;
-#ifdef EPS_KERNELS_AVX512
+#ifdef EPS_KERNELS_SIMD
   if (a.prefill) return prefill_item(a, j.w, it.n0, it.n1, it.p0, it.p1, j.y);
 #endif
   decode_range(a, j.w, it.n0, it.n1, j.y);

@@ -23,6 +23,7 @@
 #include "base/bf16.h"
 #include "base/fp8.h"
 #include "kernels/matmul.h"
+#include "kernels/simd_avx2.h"
 #include "kernels/simd.h"
 
 using namespace epserve;
@@ -151,8 +152,22 @@ const int kMs[] = {1, 2, 3, 7, 8, 33, 129};
 const int kNs[] = {1, 48, 128, 200, 256};
 const int kKs[] = {32, 64, 100, 128, 200, 256, 384};
 
-TEST(Kernels, EncodeFp8MatchesScalarBitForBit) {
+// This target's vector encoder on 16 floats (AVX2: two 8-float halves).
 #if defined(__AVX512F__) && defined(__AVX512BW__)
+#define EPS_TEST_VECTOR_ENCODER 1
+void vector_encode16(const float* in, int32_t* out) {
+  _mm512_storeu_si512(out, simd::encode_fp8x16(_mm512_loadu_ps(in)));
+}
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define EPS_TEST_VECTOR_ENCODER 1
+void vector_encode16(const float* in, int32_t* out) {
+  for (int h = 0; h < 2; ++h)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * h), simd::encode_fp8x8(_mm256_loadu_ps(in + 8 * h)));
+}
+#endif
+
+TEST(Kernels, EncodeFp8MatchesScalarBitForBit) {
+#ifdef EPS_TEST_VECTOR_ENCODER
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
@@ -179,7 +194,7 @@ TEST(Kernels, EncodeFp8MatchesScalarBitForBit) {
   int bad = 0;
   for (size_t i = 0; i < in.size(); i += 16) {
     alignas(64) int32_t out[16];
-    _mm512_store_si512(out, simd::encode_fp8x16(_mm512_loadu_ps(&in[i])));
+    vector_encode16(&in[i], out);
     for (int j = 0; j < 16; ++j) {
       const uint8_t want = float_to_fp8_e4m3(in[i + j]);
       if (uint8_t(out[j]) != want && ++bad < 10)
@@ -188,12 +203,13 @@ TEST(Kernels, EncodeFp8MatchesScalarBitForBit) {
   }
   EXPECT_EQ(bad, 0);
 #else
-  GTEST_SKIP() << "no AVX-512 encoder on this target";
+  GTEST_SKIP() << "no vector encoder on this target";
 #endif
 }
 
-// The transpose behind the prefill activation pack, against plain indexing on fresh random rows.
-TEST(Kernels, Transpose16x16MatchesIndexing) {
+// The register transposes (AVX-512: the prefill activation pack's 16 × 16; AVX2: the tile's 8 × 8),
+// against plain indexing on fresh random rows.
+TEST(Kernels, TransposeMatchesIndexing) {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
@@ -209,8 +225,25 @@ TEST(Kernels, Transpose16x16MatchesIndexing) {
     for (int i = 0; i < 16; ++i)
       for (int j = 0; j < 16; ++j) ASSERT_EQ(out[j][i], in[i][j]) << "row " << i << ", column " << j;
   }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  // AVX2: the 8 × 8 float transpose behind the prefill tile's transpose-out.
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd;
+  for (int trial = 0; trial < 100; ++trial) {
+    alignas(32) float in[8][8], out[8][8];
+    for (auto& row : in)
+      for (auto& v : row) v = nd(rng);
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_load_ps(in[i]);
+    simd::transpose8x8_ps(r);
+    for (int i = 0; i < 8; ++i) _mm256_store_ps(out[i], r[i]);
+    for (int i = 0; i < 8; ++i)
+      for (int j = 0; j < 8; ++j) ASSERT_EQ(out[j][i], in[i][j]) << "row " << i << ", column " << j;
+  }
 #else
-  GTEST_SKIP() << "no AVX-512 on this target";
+  GTEST_SKIP() << "no vector transpose on this target";
 #endif
 }
 
