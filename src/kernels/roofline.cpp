@@ -8,7 +8,7 @@
 #include <cstring>
 #include <memory>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12 false positive inside its intrinsics
@@ -37,7 +37,13 @@ void keep(const T& v) {
   asm volatile("" : : "r"(&v) : "memory");
 }
 
-constexpr int kChains = 16;  // ≥ FMA latency (4) × pipes (2) on every x86 we run on, with room
+// Independent FMA chains: ≥ FMA latency (4) × pipes (2) on every x86 we run on, with room. On AVX2,
+// 14: the chains and the two operands fill its 16 ymm registers (16 chains would spill).
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+constexpr int kChains = 14;
+#else
+constexpr int kChains = 16;
+#endif
 
 }  // namespace
 
@@ -68,6 +74,20 @@ double measure_read_bandwidth_gbps(size_t bytes) {
         a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
       }
       const float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#elif defined(__AVX2__) && defined(__FMA__)
+      // 256-bit loads, a cache line per pair; 8 chains cover vaddps' latency (3) × 2 pipes, so
+      // that only memory bounds the loop.
+      __m256 a[8];
+      for (int k = 0; k < 8; ++k) a[k] = _mm256_setzero_ps();
+      for (size_t i = i0; i < i1; i += 64) {
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; ++k) a[k] = _mm256_add_ps(a[k], _mm256_load_ps(p + i + 8 * k));
+      }
+      for (int k = 1; k < 8; ++k) a[0] = _mm256_add_ps(a[0], a[k]);
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, a[0]);
+      float s = 0;
+      for (float v : lanes) s += v;
 #else
       float acc[16] = {};
       for (size_t i = i0; i < i1; i += 16)
@@ -105,6 +125,16 @@ double measure_fp32_fma_gflops() {
         for (int j = 0; j < kChains; ++j) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
       }
       for (int j = 1; j < kChains; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
+      keep(acc[0]);
+#elif defined(__AVX2__) && defined(__FMA__)
+      __m256 acc[kChains];
+      for (int j = 0; j < kChains; ++j) acc[j] = _mm256_set1_ps(float(j));
+      const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(0.001f);
+      for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+        for (int j = 0; j < kChains; ++j) acc[j] = _mm256_fmadd_ps(acc[j], a, b);
+      }
+      for (int j = 1; j < kChains; ++j) acc[0] = _mm256_add_ps(acc[0], acc[j]);
       keep(acc[0]);
 #else
       float acc[kChains][8];

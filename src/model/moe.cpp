@@ -8,6 +8,8 @@
 #include "base/error.h"
 #include "base/scratch.h"
 #include "kernels/simd.h"
+#include "kernels/simd_avx2.h"
+#include "kernels/vmath_avx2.h"
 #include "model/ops.h"
 
 namespace epserve::model {
@@ -20,7 +22,7 @@ namespace {
 // h = silu(g) ⊙ u, BF16 between operators in DeepSeek numerics (as Expert.forward in model.py).
 // (Over the threads for a prefill's shared expert; per expert, inside run_experts' parallel loop,
 // on the calling thread: see round_activations for why small ones stay out of OpenMP.) With
-// AVX-512, 16 at a time through a vector exp: std::exp one by one took 5% of a prefill.
+// AVX-512 (AVX2), 16 (8) at a time through a vector exp: std::exp one by one took 5% of a prefill.
 void swiglu(std::span<float> g, std::span<const float> u, Numerics mode) {
   const bool deepseek = mode == Numerics::kDeepSeek;
   auto range = [&](long i0, long i1) {
@@ -32,6 +34,15 @@ void swiglu(std::span<float> g, std::span<const float> u, Numerics mode) {
       __m512 a = kernels::simd::silu16(_mm512_maskz_loadu_ps(lanes, &g[size_t(i)]));
       if (deepseek) a = kernels::simd::round_to_bf16x16(a);
       _mm512_mask_storeu_ps(&g[size_t(i)], lanes, _mm512_mul_ps(a, _mm512_maskz_loadu_ps(lanes, &u[size_t(i)])));
+    }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)  // (simd_avx2.h)
+    // The same at 8 lanes; the tail by masked loads and stores (the lanes past it are computed on
+    // zeros and dropped), so that a value never depends on where it sits in the buffer.
+    for (long i = i0; i < i1; i += 8) {
+      const int lanes = int(std::min<long>(8, i1 - i));
+      __m256 a = kernels::simd::silu8(kernels::simd::load_floats8(&g[size_t(i)], lanes));
+      if (deepseek) a = kernels::simd::round_to_bf16x8(a);
+      kernels::simd::store_floats8(&g[size_t(i)], _mm256_mul_ps(a, kernels::simd::load_floats8(&u[size_t(i)], lanes)), lanes);
     }
 #else
     for (long i = i0; i < i1; ++i) {
@@ -70,6 +81,13 @@ void route_one(const MoeWeights& w, const ModelConfig& c, const float* logits, R
     const __m512 score = kernels::simd::sigmoid16(_mm512_maskz_loadu_ps(lanes, logits + e));
     _mm512_mask_storeu_ps(&s.score[e], lanes, score);
     _mm512_mask_storeu_ps(&s.biased[e], lanes, _mm512_add_ps(score, _mm512_maskz_loadu_ps(lanes, &w.correction_bias[e])));
+  }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)  // (simd_avx2.h)
+  for (int e = 0; e < E; e += 8) {  // every expert through the same lanes (the tail masked)
+    const int lanes = std::min(8, E - e);
+    const __m256 score = kernels::simd::sigmoid8(kernels::simd::load_floats8(logits + e, lanes));
+    kernels::simd::store_floats8(&s.score[e], score, lanes);
+    kernels::simd::store_floats8(&s.biased[e], _mm256_add_ps(score, kernels::simd::load_floats8(&w.correction_bias[e], lanes)), lanes);
   }
 #else
   for (int e = 0; e < E; ++e) {
