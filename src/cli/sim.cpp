@@ -440,9 +440,12 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
         st.cfg = model::ModelConfig::load(st.model_dir);
         // The ceilings are measured between the rounds too and the best kept, as the best step is:
         // both are then what the machine does when the other processes leave it alone.
-        CpuMeasurement ceil = measure_cpu();
+        // One probe buffer for all of them: mapping and unmapping one per measurement slowed the
+        // steps timed after it (kernels/roofline.h).
+        const kernels::ReadBandwidthProbe probe(size_t(128) << 20);
+        CpuMeasurement ceil = measure_cpu(&probe);
         auto remeasure = [&] {
-          const CpuMeasurement m = measure_cpu();
+          const CpuMeasurement m = measure_cpu(&probe);
           ceil.mem_gbps = std::max(ceil.mem_gbps, m.mem_gbps);
           ceil.fma_gflops = std::max(ceil.fma_gflops, m.fma_gflops);
           ceil.bf16_gflops = std::max(ceil.bf16_gflops, m.bf16_gflops);

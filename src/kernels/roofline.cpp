@@ -47,15 +47,23 @@ constexpr int kChains = 16;
 
 }  // namespace
 
-double measure_read_bandwidth_gbps(size_t bytes) {
-  const size_t n = bytes / sizeof(float) / 64 * 64;
-  struct Free { void operator()(float* p) const { std::free(p); } };
-  std::unique_ptr<float, Free> buf(static_cast<float*>(std::aligned_alloc(64, n * sizeof(float))));
-  EPS_REQUIRE(buf != nullptr, "roofline: cannot allocate the bandwidth buffer");
-  float* p = buf.get();
+ReadBandwidthProbe::ReadBandwidthProbe(size_t bytes) : n_(bytes / sizeof(float) / 64 * 64) {
+  data_ = static_cast<float*>(std::aligned_alloc(64, n_ * sizeof(float)));
+  EPS_REQUIRE(data_ != nullptr, "roofline: cannot allocate the bandwidth buffer");
+  float* p = data_;
+  const size_t n = n_;
   // First touch by the threads that will read (pages local to them, all resident before timing).
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < n; i += 16) std::memset(p + i, 0, 64);
+}
+
+ReadBandwidthProbe::~ReadBandwidthProbe() { std::free(data_); }
+
+double measure_read_bandwidth_gbps(size_t bytes) { return ReadBandwidthProbe(bytes).gbps(); }
+
+double ReadBandwidthProbe::gbps() const {
+  const float* p = data_;
+  const size_t n = n_;
   double best = 0;
   for (int rep = 0; rep < 8; ++rep) {
     double total = 0;  // Σ over threads of bytes / own time

@@ -13,7 +13,25 @@ struct Roofline {
   double bf16_dot_gflops = 0;   // vdpbf16ps peak: 4 flops per 32-bit lane (2 products, 2 adds); 0 if absent
 };
 
-// Streams `bytes` (split between the threads) several times and keeps the best pass.
+// The read-bandwidth probe's buffer, allocated and faulted in once, for measuring again and again
+// between other work. (Mapping and unmapping hundreds of MB per measurement slowed the engine steps
+// timed after it by 20-130% on a PVM guest, whose shadow page tables pay for every unmap: `sim
+// engine` measures between its rounds, docs/PERFORMANCE.md.)
+class ReadBandwidthProbe {
+ public:
+  explicit ReadBandwidthProbe(size_t bytes = size_t(512) << 20);
+  ~ReadBandwidthProbe();
+  ReadBandwidthProbe(const ReadBandwidthProbe&) = delete;
+  ReadBandwidthProbe& operator=(const ReadBandwidthProbe&) = delete;
+  // Streams the buffer (split between the threads) several times and keeps the best pass.
+  double gbps() const;
+
+ private:
+  float* data_ = nullptr;
+  size_t n_ = 0;  // floats
+};
+
+// A probe of `bytes`, measured once.
 double measure_read_bandwidth_gbps(size_t bytes = size_t(512) << 20);
 // Independent FMA chains in registers (enough to cover latency × throughput), best of a few runs.
 double measure_fp32_fma_gflops();

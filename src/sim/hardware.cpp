@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "base/error.h"
 #include "kernels/roofline.h"
@@ -57,13 +58,14 @@ Hardware hopper(const std::string& name, double nvlink_gbps) {
 
 }  // namespace
 
-CpuMeasurement measure_cpu() {
+CpuMeasurement measure_cpu(const kernels::ReadBandwidthProbe* probe) {
   // The kernels' run-time roofline (src/kernels/roofline.h), with a smaller buffer to stay fast.
+  std::optional<kernels::ReadBandwidthProbe> own;
+  if (!probe) probe = &own.emplace(size_t(128) << 20);
   CpuMeasurement m;
   m.threads = omp_get_max_threads();
   // Best of three: the figure is a ceiling, and other processes on a shared machine only lower it.
-  for (int i = 0; i < 3; ++i)
-    m.mem_gbps = std::max(m.mem_gbps, kernels::measure_read_bandwidth_gbps(size_t(128) << 20));
+  for (int i = 0; i < 3; ++i) m.mem_gbps = std::max(m.mem_gbps, probe->gbps());
   m.fma_gflops = kernels::measure_fp32_fma_gflops();
   m.bf16_gflops = kernels::measure_bf16_dot_gflops();
   return m;

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/roofline.h"
+
 namespace epserve::sim {
 
 struct Hardware {
@@ -65,7 +67,9 @@ struct CpuMeasurement {
   double bf16_gflops = 0;  // 0 without AVX512-BF16
   int threads = 0;
 };
-CpuMeasurement measure_cpu();
+// `probe`: a read-bandwidth buffer kept between measurements (sim engine measures between its
+// timed rounds and must not map and unmap one each time); null: a fresh 128 MiB one.
+CpuMeasurement measure_cpu(const kernels::ReadBandwidthProbe* probe = nullptr);
 // The cpu preset for given ceilings (hardware_preset("cpu") measures them first).
 Hardware cpu_preset(const CpuMeasurement& m);
 
