@@ -48,7 +48,9 @@ TEST(Fp8, EncodeIsNearestEvenOnRandomInputs) {
       if (d == best) { ++nearest_count; if ((c & 1) == 0) even_nearest = c; }
     }
     ASSERT_EQ(std::fabs(double(fp8_e4m3_to_float(got)) - target), best) << x;
-    if (nearest_count > 1) EXPECT_EQ(got & 0x7f, even_nearest & 0x7f) << "tie must go to even: " << x;
+    if (nearest_count > 1) {
+      EXPECT_EQ(got & 0x7f, even_nearest & 0x7f) << "tie must go to even: " << x;
+    }
   }
 }
 
