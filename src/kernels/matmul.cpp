@@ -857,70 +857,35 @@ inline void micro_f32(const float* xp, const float* wd, int kc, float* ct, int l
 }
 
 #ifdef EPS_KERNELS_BF16DOT
-// The BF16 microkernel reaches the same tree without the stack: chains c and c+8 run side by side
-// (two sets of accumulators for kPairRows weight rows; their sum is the tree's first level at
-// once), the pairs in the order 0, 4, 2, 6, 1, 5, 3, 7, so that only two partial sums per output
-// wait (in registers or L1) instead of a stack stored and reloaded at 15 of the 16 chains. With
-// vdpbf16ps a chain is only 4 steps long per block, so the stack had cost about a quarter of the
-// kernel: this measured 6-10% faster on the grouped products (one thread, `bench_kernels
-// --grouped`). (The FP32 microkernel above keeps the stack: there the 4-row pairs, with 6 loads per
-// 8 FMAs, measured 10-13% slower than 8 rows.)
-constexpr int kPairRows = 4;
-
-// kPairRows rows × V vectors of chains c and c+8 over a block, summed (the tree's first level).
-template <int V>
-inline void bf16_chain_pair(const uint32_t* xp, const uint16_t* wd, int c, int T, __m512 (&out)[kPairRows][V]) {
-  __m512 lo[kPairRows][V], hi[kPairRows][V];
-  for (int j = 0; j < kPairRows; ++j)
-    for (int v = 0; v < V; ++v) lo[j][v] = hi[j][v] = _mm512_setzero_ps();
-  auto step = [&](int kp, __m512 (&acc)[kPairRows][V]) {
-    __m512bh xv[V];
-    for (int v = 0; v < V; ++v) xv[v] = (__m512bh)_mm512_load_si512(xp + size_t(kp) * kPanel + 16 * v);
-    for (int j = 0; j < kPairRows; ++j) {
-      uint32_t pair;
-      std::memcpy(&pair, wd + j * kQuantBlock + 2 * kp, 4);
-      const __m512bh wv = (__m512bh)_mm512_set1_epi32(int(pair));
-      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], xv[v], wv);
-    }
-  };
-  for (int t = 0; t < T; ++t) {
-    step(c + 16 * t, lo);
-    step(c + 8 + 16 * t, hi);
-  }
-  for (int j = 0; j < kPairRows; ++j)
-    for (int v = 0; v < V; ++v) out[j][v] = _mm512_add_ps(lo[j][v], hi[j][v]);
-}
-
-template <int V>
-inline void add_into(__m512 (&acc)[kPairRows][V], const __m512 (&x)[kPairRows][V]) {
-  for (int j = 0; j < kPairRows; ++j)
-    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_add_ps(acc[j][v], x[j][v]);
-}
-
 template <int V>
 inline void micro_bf16(const uint32_t* xp, const uint16_t* wd, int kc2, float* ct, int ldc, const __m512* s) {
   const int T = ceil_div(kc2, 16);
-  static_assert(kNr % kPairRows == 0);
-  for (int r0 = 0; r0 < kNr; r0 += kPairRows) {
-    const uint16_t* w = wd + r0 * kQuantBlock;
-    __m512 quarter[kPairRows][V], pair[kPairRows][V], half[kPairRows][V], first_half[kPairRows][V];
-    for (int h = 0; h < 2; ++h) {  // chains 0, 2, 4, 6 (and +8), then 1, 3, 5, 7 (and +8)
-      bf16_chain_pair<V>(xp, w, h + 0, T, half);
-      bf16_chain_pair<V>(xp, w, h + 4, T, pair);
-      add_into<V>(half, pair);  // (c0 + c8) + (c4 + c12)
-      bf16_chain_pair<V>(xp, w, h + 2, T, quarter);
-      bf16_chain_pair<V>(xp, w, h + 6, T, pair);
-      add_into<V>(quarter, pair);  // (c2 + c10) + (c6 + c14)
-      add_into<V>(half, quarter);
-      if (h == 0) std::memcpy(first_half, half, sizeof half);
-    }
-    add_into<V>(first_half, half);
-    for (int j = 0; j < kPairRows; ++j)
-      for (int v = 0; v < V; ++v) {
-        float* c = ct + size_t(r0 + j) * ldc + 16 * v;
-        _mm512_store_ps(c, _mm512_fmadd_ps(first_half[j][v], s[v], _mm512_load_ps(c)));
+  __m512 acc[kNr][V], stack[4][kNr][V];
+  for (int leaf = 0; leaf < 16; ++leaf) {
+    const int c = kTreeLeaf[leaf];
+#pragma GCC unroll 12
+    for (int j = 0; j < kNr; ++j)
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t) {
+      const int kp = c + 16 * t;
+      __m512bh xv[V];
+      for (int v = 0; v < V; ++v) xv[v] = (__m512bh)_mm512_load_si512(xp + size_t(kp) * kPanel + 16 * v);
+#pragma GCC unroll 12
+      for (int j = 0; j < kNr; ++j) {
+        uint32_t pair;
+        std::memcpy(&pair, wd + j * kQuantBlock + 2 * kp, 4);
+        const __m512bh wv = (__m512bh)_mm512_set1_epi32(int(pair));
+        for (int v = 0; v < V; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], xv[v], wv);
       }
+    }
+    tree_push<V>(leaf, acc, stack);
   }
+#pragma GCC unroll 12
+  for (int j = 0; j < kNr; ++j)
+    for (int v = 0; v < V; ++v) {
+      float* c = ct + size_t(j) * ldc + 16 * v;
+      _mm512_store_ps(c, _mm512_fmadd_ps(acc[j][v], s[v], _mm512_load_ps(c)));
+    }
 }
 #endif
 
