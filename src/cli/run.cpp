@@ -214,6 +214,7 @@ int run(const RunArgs& a) {
             {"decode_tokens", timings.decode_tokens},
             {"prefill_tokens_per_s", timings.prefill_s > 0 ? timings.prefill_tokens / timings.prefill_s : 0.0},
             {"decode_tokens_per_s", timings.decode_s > 0 ? timings.decode_tokens / timings.decode_s : 0.0},
+            {"decode_step_s", timings.decode_step_s},
             {"ranks", ranks}};
   if (!ep_stats.is_null()) t["expert_parallel"] = ep_stats;
   // Text of the generated tokens where the checkpoint has a tokenizer (special tokens dropped).

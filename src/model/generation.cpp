@@ -49,6 +49,7 @@ std::vector<GenerationResult> generate(Model& model, std::span<const GenerationR
   auto t1 = clock::now();
   auto any_live = [&] { return sync ? sync(!live.empty()) : !live.empty(); };
   while (any_live()) {
+    const auto step_start = clock::now();
     std::vector<SequenceInput> batch;
     for (int i : live) batch.push_back({&caches[i], std::span<const int>(&next[i], 1)});
     const auto logits = model.forward(batch, last_only);
@@ -60,6 +61,7 @@ std::vector<GenerationResult> generate(Model& model, std::span<const GenerationR
     if (timings) {
       timings->decode_tokens += long(live.size());
       ++timings->decode_steps;
+      timings->decode_step_s.push_back(std::chrono::duration<double>(clock::now() - step_start).count());
     }
     live = std::move(still);
   }

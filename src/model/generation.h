@@ -28,6 +28,7 @@ struct GenerationResult {
 struct GenerationTimings {
   double prefill_s = 0, decode_s = 0;
   long prefill_tokens = 0, decode_tokens = 0, decode_steps = 0;
+  std::vector<double> decode_step_s;  // each decode step's wall time (the first carries one-time costs)
 };
 
 // Across the ranks of a unit each rank passes its own requests (maybe none) and a `sync` that

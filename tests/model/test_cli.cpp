@@ -48,6 +48,15 @@ TEST(Cli, RunJsonDumpLogitsAndSampling) {
   ASSERT_EQ(j["tokens"].size(), 5u);
   EXPECT_TRUE(j["text"].is_string());
   EXPECT_GT(j["timings"]["decode_tokens_per_s"].get<double>(), 0);
+  // Each decode step's time (4 steps after the prefill's token), together within the decode total.
+  const auto steps = j["timings"]["decode_step_s"].get<std::vector<double>>();
+  ASSERT_EQ(steps.size(), 4u);
+  double sum = 0;
+  for (double s : steps) {
+    EXPECT_GT(s, 0);
+    sum += s;
+  }
+  EXPECT_LE(sum, j["timings"]["decode_s"].get<double>() + 1e-9);
   // One logits row per generated token, and greedy tokens are each row's argmax.
   std::ifstream in(dir / "l.bin", std::ios::binary);
   std::vector<float> logits(5 * 129280);

@@ -87,8 +87,9 @@ TEST(Calibration, CpuPresetPredictsEngineStepsOfAnUnfittedConfig) {
 
 // The rank count: a decode step of 16 sequences on one rank, and of 8 per rank on two ranks (expert
 // parallel over MPI, one thread each: a core per rank on a 2-core machine), against `sim unit` with
-// EP 1 and EP 2 on the cpu preset (ranks on one host exchanging through shared memory). Wall time,
-// the best of three runs: the two ranks wait on each other, which is part of what is predicted.
+// EP 1 and EP 2 on the cpu preset (ranks on one host exchanging through shared memory). Wall time of
+// the steady steps (`run --json`'s decode_step_s), the best of three runs: the two ranks wait on
+// each other, which is part of what is predicted.
 TEST(Calibration, CpuPresetPredictsDecodeStepsAtOneAndTwoRanks) {
   const auto model = generated_model("bench", "--set num_hidden_layers=3 --no-mtp");
   const auto dir = scratch_dir("calibration-ranks");
@@ -110,7 +111,15 @@ TEST(Calibration, CpuPresetPredictsDecodeStepsAtOneAndTwoRanks) {
       EXPECT_EQ(r.exit_code, 0) << r.output;
       const auto j = nlohmann::json::parse(r.output.substr(r.output.find('{')), nullptr, false);
       if (j.is_discarded()) continue;
-      const double step = 1e3 * j["timings"]["decode_s"].get<double>() / 8;  // 8 decode steps
+      // The steady step the model predicts: the median of the decode steps after the first (7 of 8);
+      // the first carries one-time costs (2-3x the others on a PVM guest, with no page faults to
+      // show for it).
+      auto steps = j["timings"]["decode_step_s"].get<std::vector<double>>();
+      EXPECT_EQ(steps.size(), 8u);
+      if (steps.size() < 2) continue;
+      steps.erase(steps.begin());
+      std::sort(steps.begin(), steps.end());
+      const double step = 1e3 * steps[steps.size() / 2];
       if (step >= best) continue;
       best = step;
       if (imbalance && j["timings"].contains("expert_parallel")) {
