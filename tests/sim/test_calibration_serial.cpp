@@ -9,10 +9,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 
 #include "support/paths.h"
 
@@ -45,14 +47,17 @@ TEST(Calibration, CpuPresetPredictsEngineStepsOfAnUnfittedConfig) {
   nlohmann::json j = measure();
   ASSERT_EQ(j["cases"].size(), 5u) << j.dump(1);
   // A best time is only ever made worse by noise (another tenant of this VM taking memory bandwidth
-  // for a while): while a case is out of tolerance, it is measured again (twice at most) and the
-  // faster measurement counts, with the prediction made from that run's ceilings.
+  // for a while): while a case is out of tolerance, it is measured again (four times at most, after
+  // a pause: on a PVM guest such spells slowed prefill by 30-50% for a minute, docs/PERFORMANCE.md)
+  // and the faster measurement counts, with the prediction made from that run's ceilings. A model
+  // error stays out of tolerance every time.
   auto outside = [&] {
     for (const auto& c : j["cases"])
       if (std::fabs(c["error"].get<double>()) >= kTolerance) return true;
     return false;
   };
-  for (int attempt = 0; attempt < 2 && outside(); ++attempt) {
+  for (int attempt = 0; attempt < 4 && outside(); ++attempt) {
+    std::this_thread::sleep_for(std::chrono::seconds(5));
     const nlohmann::json again = measure();
     ASSERT_EQ(again["cases"].size(), 5u) << again.dump(1);
     for (size_t i = 0; i < 5; ++i)
@@ -145,13 +150,15 @@ TEST(Calibration, CpuPresetPredictsDecodeStepsAtOneAndTwoRanks) {
   double imbalance = 1;
   double one = best_step_ms("", nullptr), two = best_step_ms(mpirun, &imbalance);
   double p1 = predicted_ms(1, 16, 1), p2 = predicted_ms(2, 8, imbalance);
-  // As above: noise only slows a run down, so a case out of tolerance gets three more runs, twice
-  // at most.
-  for (int attempt = 0; attempt < 2 && std::fabs(p1 / one - 1) >= kTolerance; ++attempt) {
+  // As above: noise only slows a run down, so a case out of tolerance gets three more runs, four
+  // times at most, after a pause.
+  for (int attempt = 0; attempt < 4 && std::fabs(p1 / one - 1) >= kTolerance; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::seconds(5));
     one = std::min(one, best_step_ms("", nullptr));
     p1 = predicted_ms(1, 16, 1);
   }
-  for (int attempt = 0; attempt < 2 && std::fabs(p2 / two - 1) >= kTolerance; ++attempt) {
+  for (int attempt = 0; attempt < 4 && std::fabs(p2 / two - 1) >= kTolerance; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::seconds(5));
     double again_imbalance = imbalance;
     const double again = best_step_ms(mpirun, &again_imbalance);
     if (again < two) two = again, imbalance = again_imbalance;
