@@ -97,6 +97,7 @@ namespace {
 
 constexpr int kScoreRows = 8;  // queries per score tile (8 accumulators of 16 keys)
 constexpr int kPvRows = 4;     // queries per P·V tile (4 rows × dv/16 accumulators)
+constexpr int kLanes = 16;     // floats per vector
 
 // Scores of queries [i0, i0 + rows) against keys [0, keys) in 32-key tiles (two vectors: 16
 // multiply-adds per 10 loads); the lanes past a row's visible keys are computed (zero-padded keys)
@@ -166,35 +167,7 @@ void pv_tile(const HeadAttention& a, int i0, const float* p, int lds) {
   }
 }
 
-// The tiles for 1..8 (scores) and 1..4 (P·V) rows.
-template <int R>
-void score_rows(const HeadAttention& a, int i0, int rows, int keys, float* s, int lds) {
-  if constexpr (R > 1)
-    if (rows < R) return score_rows<R - 1>(a, i0, rows, keys, s, lds);
-  score_tile<R>(a, i0, keys, s, lds);
-}
-template <int R>
-void pv_rows(const HeadAttention& a, int i0, int rows, const float* p, int lds) {
-  if constexpr (R > 1)
-    if (rows < R) return pv_rows<R - 1>(a, i0, rows, p, lds);
-  pv_tile<R>(a, i0, p, lds);
-}
-
 }  // namespace
-
-void attend_head(const HeadAttention& a, kernels::Numerics mode) {
-  if (a.dv % 16 != 0 || a.ldk % 32 != 0) return attend_head_reference(a, mode);
-  const int lds = a.ldk;
-  std::vector<float> s(size_t(kScoreRows) * lds);
-  for (int i0 = 0; i0 < a.count; i0 += kScoreRows) {
-    const int rows = std::min(kScoreRows, a.count - i0);
-    const int keys = a.base + i0 + rows;  // the last row's visible keys
-    score_rows<kScoreRows>(a, i0, rows, keys, s.data(), lds);
-    for (int r = 0; r < rows; ++r) softmax_probabilities({s.data() + size_t(r) * lds, size_t(a.base + i0 + r + 1)}, mode);
-    for (int r0 = 0; r0 < rows; r0 += kPvRows)
-      pv_rows<kPvRows>(a, i0 + r0, std::min(kPvRows, rows - r0), s.data() + size_t(r0) * lds, lds);
-  }
-}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)  // (simd_avx2.h)
 namespace {
 
@@ -204,6 +177,7 @@ namespace {
 // AVX-512 8 × 32 or 4 × 64: one more vector per row would need 17 registers, and spills.)
 constexpr int kScoreRows = 6;  // queries per score tile (6 × 2 accumulators of 8 keys)
 constexpr int kPvRows = 6;     // queries per P·V tile (6 × 2 accumulators of 8 values)
+constexpr int kLanes = 8;      // floats per vector
 
 // Scores of queries [i0, i0 + rows) against keys [0, keys) in 16-key tiles; the lanes past a row's
 // visible keys are computed (zero-padded keys) and then ignored.
@@ -266,7 +240,13 @@ void pv_tile(const HeadAttention& a, int i0, const float* p, int lds) {
   if (c0 < vecs) pv_tile<rows, 1>(a, i0, c0, p, lds);
 }
 
-// The tiles for 1..6 rows.
+}  // namespace
+#endif
+
+#if (defined(__AVX512F__) && defined(__AVX512BW__)) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
+namespace {
+
+// The tiles for 1..kScoreRows (scores) and 1..kPvRows (P·V) rows, whichever vector width.
 template <int R>
 void score_rows(const HeadAttention& a, int i0, int rows, int keys, float* s, int lds) {
   if constexpr (R > 1)
@@ -283,7 +263,7 @@ void pv_rows(const HeadAttention& a, int i0, int rows, const float* p, int lds) 
 }  // namespace
 
 void attend_head(const HeadAttention& a, kernels::Numerics mode) {
-  if (a.dv % 8 != 0 || a.ldk % 16 != 0) return attend_head_reference(a, mode);
+  if (a.dv % kLanes != 0 || a.ldk % (2 * kLanes) != 0) return attend_head_reference(a, mode);
   const int lds = a.ldk;
   std::vector<float> s(size_t(kScoreRows) * lds);
   for (int i0 = 0; i0 < a.count; i0 += kScoreRows) {
