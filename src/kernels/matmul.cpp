@@ -582,6 +582,13 @@ inline void prefetch_next_tile_rows(const Weight& w, int n0, int r0, int r1, int
 // ---------------------------------------------------------------------------------------------
 // Decode kernels: rows [n0, n1) of y for all M (≤ kDecodeMaxM) activation rows.
 
+// Whether 128-block b of a row of K is whole (every block but a short last one). The decode
+// kernels instantiate whole blocks apart (kWhole): their loops then have constant counts and
+// plain loads, and GCC keeps the partial sums in registers; with a short block's zero-filled
+// loads in the same loop it kept them in memory, a store and a reload in every FMA chain (half
+// the decode speed on Zen 3).
+inline bool whole_block(int K, int b) { return (b + 1) * kQuantBlock <= K; }
+
 #ifdef EPS_KERNELS_AVX512
 
 // Batch invariance: a row's result must not depend on M (how many rows share the product) nor on
@@ -614,12 +621,12 @@ inline void tree_sums(const __m512 (&v)[N], float (&out)[N]) {
 }
 
 // R weight rows at a time, each widened once (64 codes at a time) and used for all M rows.
-// One 128-block of R rows: the lane chains, the tree, scaled into acc.
-template <int M, int R>
+// One 128-block of R rows: the lane chains, the tree, scaled into acc (kWhole: see whole_block).
+template <int M, int R, bool kWhole>
 inline void decode_fp8_block(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, int b,
                              size_t ahead, float (&acc)[R][M]) {
   const int K = a.K, kb = a.kb;
-  const int k0 = b * kQuantBlock, kc = std::min(kQuantBlock, K - k0);
+  const int k0 = b * kQuantBlock, kc = kWhole ? kQuantBlock : std::min(kQuantBlock, K - k0);
   const uint8_t* wb = w.codes + size_t(n) * K + k0;
   __m512 part[R * M];
   for (auto& p : part) p = _mm512_setzero_ps();
@@ -631,7 +638,7 @@ inline void decode_fp8_block(const Activations& a, const Weight& w, const simd::
         const uint8_t* wr = wb + size_t(r) * K + 64 * h;
         _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
         __m512i w0, w1;
-        simd::widen_fp8x64_bf16(lut, simd::load_codes64(wr, kc - 64 * h), w0, w1);
+        simd::widen_fp8x64_bf16(lut, simd::load_codes64(wr, kWhole ? 64 : kc - 64 * h), w0, w1);
         for (int m = 0; m < M; ++m) {
           const uint32_t* xm = xb + m * (kQuantBlock / 2) + 32 * h;
           part[r * M + m] = _mm512_dpbf16_ps(part[r * M + m], (__m512bh)_mm512_load_si512(xm), (__m512bh)w0);
@@ -647,7 +654,7 @@ inline void decode_fp8_block(const Activations& a, const Weight& w, const simd::
         const uint8_t* wr = wb + size_t(r) * K + 64 * h;
         _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
         __m512 f[4];
-        simd::widen_fp8x64(lut, simd::load_codes64(wr, kc - 64 * h), f);
+        simd::widen_fp8x64(lut, simd::load_codes64(wr, kWhole ? 64 : kc - 64 * h), f);
         for (int m = 0; m < M; ++m) {
           const float* xm = xb + m * kQuantBlock + 64 * h;
           for (int q = 0; q < 4; ++q) part[r * M + m] = _mm512_fmadd_ps(_mm512_load_ps(xm + 16 * q), f[q], part[r * M + m]);
@@ -666,6 +673,13 @@ inline void decode_fp8_block(const Activations& a, const Weight& w, const simd::
       acc[r][m] = std::fma(sum[r * M + m], s, acc[r][m]);
     }
   }
+}
+
+template <int M, int R>
+inline void decode_fp8_block(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, int b,
+                             size_t ahead, float (&acc)[R][M]) {
+  if (whole_block(a.K, b)) decode_fp8_block<M, R, true>(a, w, lut, n, b, ahead, acc);
+  else decode_fp8_block<M, R, false>(a, w, lut, n, b, ahead, acc);
 }
 
 template <int M, int R>
@@ -696,31 +710,36 @@ void decode_fp8_group(const Activations& a, const Weight& w, const simd::Fp8Lut&
   for (int g = 0; g < kDecodeGroup / R; ++g) decode_store<M, R>(a, acc[g], n + g * R, y);
 }
 
-// BF16 weights: the same structure, k in order (chain j adds k0 + j, k0 + j + 16, ...).
+// BF16 weights: the same structure, k in order (chain j adds k0 + j, k0 + j + 16, ...). One
+// block, added to acc (kWhole: see whole_block).
+template <int M, int R, bool kWhole>
+inline void decode_bf16_block(const Activations& a, const Weight& w, int n, int b, size_t ahead, float (&acc)[R][M]) {
+  const int K = a.K, k0 = b * kQuantBlock, kc = kWhole ? kQuantBlock : std::min(kQuantBlock, K - k0);
+  const uint16_t* rows = w.bf16 + size_t(n) * K;
+  __m512 part[R * M];
+  for (auto& p : part) p = _mm512_setzero_ps();
+  for (int t = 0; 16 * t < kc; ++t) {
+    const int k = k0 + 16 * t, len = kWhole ? 16 : kc - 16 * t;
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* wr = rows + size_t(r) * K + k;
+      if (t % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
+      const __m512 wv = simd::widen_bf16x16(wr, len);
+      for (int m = 0; m < M; ++m)
+        part[r * M + m] = _mm512_fmadd_ps(simd::load_floats16(a.x + size_t(m) * K + k, len), wv, part[r * M + m]);
+    }
+  }
+  float sum[R * M];
+  tree_sums(part, sum);
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
+}
 template <int M, int R>
 void decode_bf16_rows(const Activations& a, const Weight& w, int n, const Out& y) {
-  const int K = a.K;
-  const uint16_t* rows = w.bf16 + size_t(n) * K;
-  const size_t ahead = size_t(R) * K + 2048;  // in elements (2 bytes)
+  const size_t ahead = size_t(R) * a.K + 2048;  // in elements (2 bytes)
   float acc[R][M] = {};
-  for (int k0 = 0; k0 < K; k0 += kQuantBlock) {
-    const int kc = std::min(kQuantBlock, K - k0);
-    __m512 part[R * M];
-    for (auto& p : part) p = _mm512_setzero_ps();
-    for (int t = 0; 16 * t < kc; ++t) {
-      const int k = k0 + 16 * t, len = kc - 16 * t;
-      for (int r = 0; r < R; ++r) {
-        const uint16_t* wr = rows + size_t(r) * K + k;
-        if (t % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
-        const __m512 wv = simd::widen_bf16x16(wr, len);
-        for (int m = 0; m < M; ++m)
-          part[r * M + m] = _mm512_fmadd_ps(simd::load_floats16(a.x + size_t(m) * K + k, len), wv, part[r * M + m]);
-      }
-    }
-    float sum[R * M];
-    tree_sums(part, sum);
-    for (int r = 0; r < R; ++r)
-      for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
+  for (int b = 0; b < a.kb; ++b) {
+    if (whole_block(a.K, b)) decode_bf16_block<M, R, true>(a, w, n, b, ahead, acc);
+    else decode_bf16_block<M, R, false>(a, w, n, b, ahead, acc);
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) y.row(m)[n + r] = acc[r][m];
@@ -733,32 +752,36 @@ inline __mmask32 first_lanes32(int n) {
 
 // BF16 weights, BF16 activations: the same structure on pairs (chain j adds the pairs j, j+16,
 // j+32, j+48 of each 128-block, as micro_bf16 does), then the tree, then block after block.
-template <int M, int R>
-void decode_bf16dot_rows(const Activations& a, const Weight& w, int n, const Out& y) {
-  const int K = a.K, ldx = a.Kp;
+template <int M, int R, bool kWhole>
+inline void decode_bf16dot_block(const Activations& a, const Weight& w, int n, int b, size_t ahead, float (&acc)[R][M]) {
+  const int K = a.K, ldx = a.Kp, k0 = b * kQuantBlock, kc = kWhole ? kQuantBlock : std::min(kQuantBlock, K - k0);
   const uint16_t* rows = w.bf16 + size_t(n) * K;
-  const size_t ahead = size_t(R) * K + 2048;  // in elements (2 bytes)
-  float acc[R][M] = {};
-  for (int k0 = 0; k0 < K; k0 += kQuantBlock) {
-    const int kc = std::min(kQuantBlock, K - k0);
-    __m512 part[R * M];
-    for (auto& p : part) p = _mm512_setzero_ps();
-    for (int t = 0; 32 * t < kc; ++t) {
-      const int k = k0 + 32 * t, len = kc - 32 * t;
-      for (int r = 0; r < R; ++r) {
-        const uint16_t* wr = rows + size_t(r) * K + k;
-        _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
-        const __m512bh wv = (__m512bh)(len >= 32 ? _mm512_loadu_si512(wr) : _mm512_maskz_loadu_epi16(first_lanes32(len), wr));
-        for (int m = 0; m < M; ++m) {
-          const __m512bh xv = (__m512bh)_mm512_loadu_si512(a.xb + size_t(m) * ldx + k);
-          part[r * M + m] = _mm512_dpbf16_ps(part[r * M + m], xv, wv);
-        }
+  __m512 part[R * M];
+  for (auto& p : part) p = _mm512_setzero_ps();
+  for (int t = 0; 32 * t < kc; ++t) {
+    const int k = k0 + 32 * t, len = kWhole ? 32 : kc - 32 * t;
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* wr = rows + size_t(r) * K + k;
+      _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
+      const __m512bh wv = (__m512bh)(len >= 32 ? _mm512_loadu_si512(wr) : _mm512_maskz_loadu_epi16(first_lanes32(len), wr));
+      for (int m = 0; m < M; ++m) {
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(a.xb + size_t(m) * ldx + k);
+        part[r * M + m] = _mm512_dpbf16_ps(part[r * M + m], xv, wv);
       }
     }
-    float sum[R * M];
-    tree_sums(part, sum);
-    for (int r = 0; r < R; ++r)
-      for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
+  }
+  float sum[R * M];
+  tree_sums(part, sum);
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
+}
+template <int M, int R>
+void decode_bf16dot_rows(const Activations& a, const Weight& w, int n, const Out& y) {
+  const size_t ahead = size_t(R) * a.K + 2048;  // in elements (2 bytes)
+  float acc[R][M] = {};
+  for (int b = 0; b < a.kb; ++b) {
+    if (whole_block(a.K, b)) decode_bf16dot_block<M, R, true>(a, w, n, b, ahead, acc);
+    else decode_bf16dot_block<M, R, false>(a, w, n, b, ahead, acc);
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) y.row(m)[n + r] = acc[r][m];

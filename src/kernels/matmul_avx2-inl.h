@@ -23,38 +23,28 @@
 // Decode kernels: rows [n0, n1) of y for all M (≤ kDecodeMaxM) activation rows.
 
 // R weight rows at a time, each widened once and used for all M rows. One 128-block of R rows:
-// the lane chains, the tree, scaled into acc.
-template <int M, int R>
+// the lane chains, the tree, scaled into acc (kWhole: see whole_block).
+template <int M, int R, bool kWhole>
 inline void decode_fp8_block(const Activations& a, const Weight& w, int n, int b, size_t ahead, float (&acc)[R][M]) {
   const int K = a.K, kb = a.kb;
-  const int k0 = b * kQuantBlock, kc = std::min(kQuantBlock, K - k0);
+  const int k0 = b * kQuantBlock, kc = kWhole ? kQuantBlock : std::min(kQuantBlock, K - k0);
   const uint8_t* wb = w.codes + size_t(n) * K + k0;
   const float* xb = a.xk + size_t(b) * M * kQuantBlock;
   __m256 part[R * M];
   for (auto& p : part) p = _mm256_setzero_ps();
-  auto step = [&](int h, auto load) {
+  for (int h = 0; 16 * h < kc; ++h)
     for (int r = 0; r < R; ++r) {
       const uint8_t* wr = wb + size_t(r) * K + 16 * h;
       if (h % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
       __m256 lo, hi;
-      simd::widen_fp8x16(load(wr), lo, hi);
+      simd::widen_fp8x16(kWhole ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr)) : simd::load_codes16(wr, kc - 16 * h),
+                         lo, hi);
       for (int m = 0; m < M; ++m) {
         const float* xm = xb + m * kQuantBlock + 16 * h;
         part[r * M + m] = _mm256_fmadd_ps(_mm256_load_ps(xm), lo, part[r * M + m]);
         part[r * M + m] = _mm256_fmadd_ps(_mm256_load_ps(xm + 8), hi, part[r * M + m]);
       }
     }
-  };
-  if (kc == kQuantBlock) {
-    // A whole block: plain loads in a fixed-count loop, so that the partial sums stay in
-    // registers (with the tail's zeroed copy in the loop, GCC kept them in memory: a store and a
-    // reload in every FMA chain, half the speed).
-    for (int h = 0; h < kQuantBlock / 16; ++h)
-      step(h, [](const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); });
-  } else {
-    for (int h = 0; 16 * h < kc; ++h)
-      step(h, [&](const uint8_t* p) { return simd::load_codes16(p, kc - 16 * h); });
-  }
   for (int r = 0; r < R; ++r) {
     const float ws = w.scales[size_t((n + r) / kQuantBlock) * kb + b];
     for (int m = 0; m < M; ++m) {
@@ -65,6 +55,11 @@ inline void decode_fp8_block(const Activations& a, const Weight& w, int n, int b
       acc[r][m] = std::fma(simd::tree_sum8(part[r * M + m]), s, acc[r][m]);
     }
   }
+}
+template <int M, int R>
+inline void decode_fp8_block(const Activations& a, const Weight& w, int n, int b, size_t ahead, float (&acc)[R][M]) {
+  if (whole_block(a.K, b)) decode_fp8_block<M, R, true>(a, w, n, b, ahead, acc);
+  else decode_fp8_block<M, R, false>(a, w, n, b, ahead, acc);
 }
 
 template <int M, int R>
@@ -93,33 +88,33 @@ void decode_fp8_group(const Activations& a, const Weight& w, int n, const Out& y
   for (int g = 0; g < kDecodeGroup / R; ++g) decode_store<M, R>(a, acc[g], n + g * R, y);
 }
 
-// BF16 weights: the same structure, k in order (chain j adds k0 + j, k0 + j + 8, ...).
+// BF16 weights: the same structure, k in order (chain j adds k0 + j, k0 + j + 8, ...). One block.
+template <int M, int R, bool kWhole>
+inline void decode_bf16_block(const Activations& a, const Weight& w, int n, int b, size_t ahead, float (&acc)[R][M]) {
+  const int K = a.K, k0 = b * kQuantBlock, kc = kWhole ? kQuantBlock : std::min(kQuantBlock, K - k0);
+  const uint16_t* rows = w.bf16 + size_t(n) * K;
+  __m256 part[R * M];
+  for (auto& p : part) p = _mm256_setzero_ps();
+  for (int t = 0; 8 * t < kc; ++t) {
+    const int k = k0 + 8 * t, len = kWhole ? 8 : kc - 8 * t;
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* wr = rows + size_t(r) * K + k;
+      if (t % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
+      const __m256 wv = simd::widen_bf16x8(wr, len);
+      for (int m = 0; m < M; ++m)
+        part[r * M + m] = _mm256_fmadd_ps(simd::load_floats8(a.x + size_t(m) * K + k, len), wv, part[r * M + m]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] += simd::tree_sum8(part[r * M + m]);
+}
 template <int M, int R>
 void decode_bf16_rows(const Activations& a, const Weight& w, int n, const Out& y) {
-  const int K = a.K;
-  const uint16_t* rows = w.bf16 + size_t(n) * K;
-  const size_t ahead = size_t(R) * K + 1024;  // in elements (2 bytes)
+  const size_t ahead = size_t(R) * a.K + 1024;  // in elements (2 bytes)
   float acc[R][M] = {};
-  for (int k0 = 0; k0 < K; k0 += kQuantBlock) {
-    const int kc = std::min(kQuantBlock, K - k0);
-    __m256 part[R * M];
-    for (auto& p : part) p = _mm256_setzero_ps();
-    auto step = [&](int t, int len) {
-      const int k = k0 + 8 * t;
-      for (int r = 0; r < R; ++r) {
-        const uint16_t* wr = rows + size_t(r) * K + k;
-        if (t % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
-        const __m256 wv = simd::widen_bf16x8(wr, len);
-        for (int m = 0; m < M; ++m)
-          part[r * M + m] = _mm256_fmadd_ps(simd::load_floats8(a.x + size_t(m) * K + k, len), wv, part[r * M + m]);
-      }
-    };
-    if (kc == kQuantBlock)  // fixed-count loop, plain loads: the sums stay in registers (as the FP8 block)
-      for (int t = 0; t < kQuantBlock / 8; ++t) step(t, 8);
-    else
-      for (int t = 0; 8 * t < kc; ++t) step(t, kc - 8 * t);
-    for (int r = 0; r < R; ++r)
-      for (int m = 0; m < M; ++m) acc[r][m] += simd::tree_sum8(part[r * M + m]);
+  for (int b = 0; b < a.kb; ++b) {
+    if (whole_block(a.K, b)) decode_bf16_block<M, R, true>(a, w, n, b, ahead, acc);
+    else decode_bf16_block<M, R, false>(a, w, n, b, ahead, acc);
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) y.row(m)[n + r] = acc[r][m];
