@@ -1,6 +1,7 @@
 // `epserve gen-model`, `run` and `run --plan` as a user calls them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -80,6 +81,47 @@ TEST(Cli, RunJsonDumpLogitsAndSampling) {
 // The memory plan on DeepSeek-V3's real config, against the fact sheet's parameter counts
 // (reference §2: attention 187,107,328 per block plus two norms, expert 44,040,192, dense MLP
 // 396,361,728; FP8 plus one FP32 scale per 128×128 block; BF16 embeddings and head).
+// `bench --json`: the reported figures are the fastest prefill of --prefill-reps and the median
+// decode step, and every derived figure follows from them and the measured ceilings.
+TEST(Cli, BenchJsonFiguresFollowFromTheirTimes) {
+  const auto model = epserve::testing::generated_model("tiny");
+  // (In a subshell: run_command appends 2>&1, and bench reports its progress on stderr.)
+  const auto r = run_command("(" + epserve_cmd() + " bench --model " + model.string() +
+                             " --prompt-len 24 --prefill-prompts 2 --prefill-reps 3 --batches 1,4 --decode-context 8"
+                             " --decode-steps 5 --json 2>/dev/null)");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = json::parse(r.output);
+  const auto& pf = j["prefill"];
+  const auto each = pf["seconds_each"].get<std::vector<double>>();
+  ASSERT_EQ(each.size(), 3u);
+  const double best = *std::min_element(each.begin(), each.end());
+  EXPECT_DOUBLE_EQ(pf["seconds"].get<double>(), best);
+  EXPECT_NEAR(j["prefill_tokens_per_s"].get<double>(), 48 / best, 1e-9 * 48 / best);
+  EXPECT_LE(pf["median_tokens_per_s"].get<double>(), j["prefill_tokens_per_s"].get<double>() * (1 + 1e-12));
+  const auto& ceil = j["ceilings"];
+  const double peak = ceil["arithmetic_ceiling"] == "bf16_dot" ? ceil["bf16_dot_gflops"].get<double>()
+                                                                 : ceil["fp32_fma_gflops"].get<double>();
+  ASSERT_GT(peak, 0);
+  EXPECT_NEAR(pf["fraction_of_arithmetic_ceiling"].get<double>(), pf["gflops"].get<double>() / peak, 1e-9);
+  EXPECT_LE(pf["median_fraction_of_arithmetic_ceiling"].get<double>(),
+            pf["fraction_of_arithmetic_ceiling"].get<double>() * (1 + 1e-12));
+  double bytes1 = 0;
+  for (int B : {1, 4}) {
+    const auto& d = j["decode"][std::to_string(B)];
+    const double step_s = d["step_ms"].get<double>() / 1e3;
+    ASSERT_GT(step_s, 0) << B;
+    EXPECT_GT(d["mean_step_ms"].get<double>(), 0) << B;
+    EXPECT_NEAR(j["decode_tokens_per_s"][std::to_string(B)].get<double>(), B / step_s, 1e-9 * B / step_s) << B;
+    const double bytes = d["weight_bytes_per_step"].get<double>();
+    EXPECT_NEAR(d["weight_read_gb_per_s"].get<double>(), bytes / step_s / 1e9, 1e-9 * bytes / step_s / 1e9) << B;
+    EXPECT_NEAR(d["fraction_of_bandwidth_bound"].get<double>(),
+                d["weight_read_gb_per_s"].get<double>() / ceil["read_gb_per_s"].get<double>(), 1e-9) << B;
+    // Four sequences route to at least as many distinct experts as one: at least the bytes.
+    if (B == 1) bytes1 = bytes;
+    else EXPECT_GE(bytes, bytes1);
+  }
+}
+
 TEST(Cli, PlanForV3OnFourRanks) {
   const auto dir = epserve::testing::scratch_dir("plan");
   ASSERT_EQ(run_command(epserve_cmd() + " gen-model --preset v3-671b --dry-run --out " + dir.string()).exit_code, 0);
