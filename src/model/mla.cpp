@@ -124,21 +124,21 @@ struct AbsorbedSeq {
 // Absorbed path: attention over the latent itself; kv_b_proj folded into query and output. The
 // cache rows are read in place (FP32 or BF16, whichever the pool holds). All sequences of the step
 // in one parallel region (not one per sequence), heads split across the threads, so that each
-// head's kv_b_proj slices (128 KB in FP32 on the bench model) are reused from cache by every token
+// head's kv_b_proj slices (64 KB in BF16 on the bench model) are reused from cache by every token
 // of every sequence. (Measured: decode at 8 and 32 sequences within noise of the per-sequence loop;
 // the time is in the per-token dot products.)
-template <typename Row>
-void attend_absorbed_rows(const AttentionWeights& w, const Dims& D, float scale, std::span<const AbsorbedSeq> seqs,
+// kvb: kv_b_proj dequantized, FP32 (exact numerics) or BF16 (DeepSeek's).
+template <typename Row, typename Kvb>
+void attend_absorbed_rows(const Kvb* kvb, const Dims& D, float scale, std::span<const AbsorbedSeq> seqs,
                           const std::vector<std::vector<const Row*>>& rows, const std::vector<float>& q,
                           std::vector<float>& o, Numerics mode) {
-  const auto& kvb = mode == Numerics::kDeepSeek ? w.kv_b_dequantized_bf16 : w.kv_b_dequantized;
   const int S = int(seqs.size());
 #pragma omp parallel for collapse(2) schedule(static)
   for (int h = 0; h < D.heads; ++h)
     for (int s = 0; s < S; ++s) {
       const AbsorbedSeq& seq = seqs[size_t(s)];
-      const float* U = &kvb[size_t(h) * (D.nope + D.v) * D.lora];  // [nope, lora]
-      const float* V = U + size_t(D.nope) * D.lora;                // [v, lora]
+      const Kvb* U = kvb + size_t(h) * (D.nope + D.v) * D.lora;  // [nope, lora]
+      const Kvb* V = U + size_t(D.nope) * D.lora;                // [v, lora]
       auto& q_latent = scratch<struct AbsorbedQueryLatent>(D.lora);
       auto& o_latent = scratch<struct AbsorbedOutLatent>(D.lora);
       for (int i = 0; i < seq.count; ++i) {
@@ -156,7 +156,7 @@ void attend_absorbed_rows(const AttentionWeights& w, const Dims& D, float scale,
         for (int j = 0; j < visible; ++j) add_scaled(scores[j], r[j], o_latent.data(), D.lora);
         round_activations(o_latent, mode);
         float* oh = &o[(size_t(t) * D.heads + h) * D.v];
-        for (int e = 0; e < D.v; ++e) oh[e] = dot(V + size_t(e) * D.lora, o_latent.data(), D.lora);
+        for (int e = 0; e < D.v; ++e) oh[e] = dot(o_latent.data(), V + size_t(e) * D.lora, D.lora);
         round_activations({oh, size_t(D.v)}, mode);
       }
     }
@@ -171,10 +171,14 @@ void attend_absorbed(const AttentionWeights& w, const Dims& D, float scale, std:
       for (int j = 0; j < seqs[s].len; ++j) rows[s].push_back(row(*seqs[s].kv, j));
     return rows;
   };
+  auto with_rows = [&](const auto& rows) {
+    if (mode == Numerics::kDeepSeek) attend_absorbed_rows(w.kv_b_dequantized_bf16.data(), D, scale, seqs, rows, q, o, mode);
+    else attend_absorbed_rows(w.kv_b_dequantized.data(), D, scale, seqs, rows, q, o, mode);
+  };
   if (seqs[0].kv->pool().dtype() == KvDtype::kF32)
-    attend_absorbed_rows(w, D, scale, seqs, rows_of([&](const SequenceKv& kv, int j) { return kv.row_f32(layer, j); }), q, o, mode);
+    with_rows(rows_of([&](const SequenceKv& kv, int j) { return kv.row_f32(layer, j); }));
   else
-    attend_absorbed_rows(w, D, scale, seqs, rows_of([&](const SequenceKv& kv, int j) { return kv.row_bf16(layer, j); }), q, o, mode);
+    with_rows(rows_of([&](const SequenceKv& kv, int j) { return kv.row_bf16(layer, j); }));
 }
 
 }  // namespace

@@ -93,8 +93,8 @@ ModelWeights ModelWeights::load(const std::filesystem::path& dir, const LoadOpti
     a.kv_b = load.fp8(p + "self_attn.kv_b_proj.weight", {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank});
     a.o = load.fp8(p + "self_attn.o_proj.weight", {d, h * c.v_head_dim});
     a.kv_b_dequantized = dequantize(a.kv_b);
-    a.kv_b_dequantized_bf16 = a.kv_b_dequantized;
-    for (float& v : a.kv_b_dequantized_bf16) v = round_to_bf16(v);
+    a.kv_b_dequantized_bf16.resize(a.kv_b_dequantized.size());
+    std::transform(a.kv_b_dequantized.begin(), a.kv_b_dequantized.end(), a.kv_b_dequantized_bf16.begin(), float_to_bf16);
     if (!c.is_moe_layer(l)) {
       L.dense = load.mlp(p + "mlp.", d, c.intermediate_size);
     } else {

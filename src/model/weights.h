@@ -7,6 +7,8 @@
 #include <optional>
 #include <vector>
 
+#include "base/bf16.h"
+
 #include "kernels/matmul.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
@@ -25,7 +27,9 @@ struct AttentionWeights {
   std::vector<float> q_a_norm, kv_a_norm;
   // kv_b_proj dequantized, [heads * (qk_nope + v), kv_lora]: the absorbed path's U_h and V_h.
   std::vector<float> kv_b_dequantized;
-  std::vector<float> kv_b_dequantized_bf16;  // the same rounded to BF16 (DeepSeek applies it in BF16)
+  // The same rounded to BF16 (DeepSeek applies it in BF16), stored as BF16: half the bytes that
+  // every decode step streams through its heads.
+  std::vector<bf16> kv_b_dequantized_bf16;
 };
 
 struct MoeWeights {
