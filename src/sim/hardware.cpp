@@ -91,8 +91,15 @@ Hardware cpu_preset(const CpuMeasurement& m) {
   h.usd_per_gpu_hour = 0.5;  // placeholder [A]
   h.kv_read_gbps_per_node = 2;  // placeholder [A]
   h.comm_sms_prefill = 0;
-  h.gemm_row_tile = 32;  // prefill panels of 32 rows (a last one of ≤ 16 in one vector costs about as much: its
-                         // microkernel broadcasts as many weights for half the multiply-adds)
+  // The prefill kernels' row tile: AVX-512 panels of 32 rows (a last one of ≤ 16 in one vector
+  // costs about as much: its microkernel broadcasts as many weights for half the multiply-adds);
+  // AVX2 halves of 16 rows in two 8-float vectors (one of ≤ 8 costs about as much, for the same
+  // reason), so a 16-row product costs half a 32-row one there.
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  h.gemm_row_tile = 32;
+#else
+  h.gemm_row_tile = 16;
+#endif
   h.decode_max_m = 8;    // kernels' kDecodeMaxM
   // FITTED by `epserve sim engine --fit` on this repo's 2-core AMD EPYC, one thread, quiet
   // (docs/PERFORMANCE.md "Simulator" has the commands and every case). The decode kernels' three
