@@ -733,18 +733,6 @@ inline void decode_bf16_block(const Activations& a, const Weight& w, int n, int 
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
 }
-template <int M, int R>
-void decode_bf16_rows(const Activations& a, const Weight& w, int n, const Out& y) {
-  const size_t ahead = size_t(R) * a.K + 2048;  // in elements (2 bytes)
-  float acc[R][M] = {};
-  for (int b = 0; b < a.kb; ++b) {
-    if (whole_block(a.K, b)) decode_bf16_block<M, R, true>(a, w, n, b, ahead, acc);
-    else decode_bf16_block<M, R, false>(a, w, n, b, ahead, acc);
-  }
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) y.row(m)[n + r] = acc[r][m];
-}
-
 #ifdef EPS_KERNELS_BF16DOT
 inline __mmask32 first_lanes32(int n) {
   return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
@@ -775,18 +763,29 @@ inline void decode_bf16dot_block(const Activations& a, const Weight& w, int n, i
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
 }
-template <int M, int R>
-void decode_bf16dot_rows(const Activations& a, const Weight& w, int n, const Out& y) {
+#endif
+
+// R rows of BF16 weights, block after block (kDot: BF16 activations, the pair blocks above), then
+// the FP32 sums stored.
+template <int M, int R, bool kDot = false>
+void decode_bf16_rows(const Activations& a, const Weight& w, int n, const Out& y) {
   const size_t ahead = size_t(R) * a.K + 2048;  // in elements (2 bytes)
   float acc[R][M] = {};
   for (int b = 0; b < a.kb; ++b) {
-    if (whole_block(a.K, b)) decode_bf16dot_block<M, R, true>(a, w, n, b, ahead, acc);
-    else decode_bf16dot_block<M, R, false>(a, w, n, b, ahead, acc);
+    const bool whole = whole_block(a.K, b);
+#ifdef EPS_KERNELS_BF16DOT
+    if constexpr (kDot) {
+      if (whole) decode_bf16dot_block<M, R, true>(a, w, n, b, ahead, acc);
+      else decode_bf16dot_block<M, R, false>(a, w, n, b, ahead, acc);
+      continue;
+    }
+#endif
+    if (whole) decode_bf16_block<M, R, true>(a, w, n, b, ahead, acc);
+    else decode_bf16_block<M, R, false>(a, w, n, b, ahead, acc);
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) y.row(m)[n + r] = acc[r][m];
 }
-#endif
 
 template <int M>
 void decode_range_m(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
@@ -796,8 +795,8 @@ void decode_range_m(const Activations& a, const Weight& w, int n0, int n1, const
     constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
 #ifdef EPS_KERNELS_BF16DOT
     if (a.xb) {
-      for (; n + R <= n1; n += R) decode_bf16dot_rows<M, R>(a, w, n, y);
-      for (; n < n1; ++n) decode_bf16dot_rows<M, 1>(a, w, n, y);
+      for (; n + R <= n1; n += R) decode_bf16_rows<M, R, true>(a, w, n, y);
+      for (; n < n1; ++n) decode_bf16_rows<M, 1, true>(a, w, n, y);
       return;
     }
 #endif
