@@ -34,11 +34,14 @@ double now_s() {
 struct Fp8Weight {
   std::vector<uint8_t> codes;
   std::vector<float> scales;
+  std::vector<uint8_t> tiles;
   Fp8Matrix m;
   Fp8Weight(int N, int K, std::mt19937_64& rng) : codes(size_t(N) * K), scales(size_t(ceil_div(N, 128)) * ceil_div(K, 128)) {
     for (auto& c : codes) c = uint8_t(rng() % 0x7e) | (rng() & 1 ? 0x80 : 0);
     for (auto& s : scales) s = 1e-3f * float(1 + rng() % 100);
-    m = Fp8Matrix{codes, scales, N, K};
+    m = Fp8Matrix{codes, scales, N, K, {}};
+    tiles = kernels::pack_fp8_tiles(m);
+    m.tiles = tiles;
   }
 };
 struct Bf16Weight {

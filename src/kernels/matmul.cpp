@@ -1,16 +1,17 @@
 // Fast matmul kernels: FP8 block-scaled (exact and DeepSeek numerics), grouped per expert, BF16.
 //
 // Two shapes of work (see docs/ARCHITECTURE.md, "Kernels"):
-// - decode (M ≤ kDecodeMaxM): bandwidth-bound. Each weight row is widened from FP8 (a byte-table
-//   lookup, 64 codes at a time) or BF16 in registers once and multiplied with all M activation
-//   rows; threads take contiguous row ranges.
-// - prefill (M > kDecodeMaxM): compute-bound. Activations are packed once per call into panels of
-//   32 rows, k-major ([k][32], or [k/2][32][2] BF16 pairs); a 128-row × 128-k tile of weights is
-//   dequantized once into a cache-resident buffer in its natural [n][k] layout; an 8 × 32
-//   register-blocked microkernel (weights broadcast, activations as vectors) computes each 128-wide
-//   partial sum, which is scaled and added to an FP32 tile: the twin's structure (FP32 partial sums
-//   per 128-block, times the twin's scale product, accumulated in block order), the terms of each
-//   partial sum in another order.
+// - decode (M ≤ kDecodeMaxM): bandwidth-bound. Weights are widened from FP8 (a byte-table lookup,
+//   64 codes at a time) or BF16 in registers once and multiplied with all M activation rows;
+//   threads take contiguous row ranges.
+// - prefill (M > kDecodeMaxM): compute-bound. A 128-row × 128-k tile of weights is dequantized
+//   once into a cache-resident buffer and a register-blocked microkernel runs over it for up to
+//   128 activation rows; each 128-wide partial sum is scaled and added to an FP32 tile: the twin's
+//   structure (FP32 partial sums per 128-block, times the twin's scale product, accumulated in block
+//   order), the terms of each partial sum in another order.
+// FP8 weights on AVX-512 are read as tiles (matmul_tiles_avx512-inl.h: outputs across the lanes,
+// activations broadcast); BF16 weights, and FP8 weights on AVX2, row by row (k across the lanes;
+// prefill activations packed into panels of 32 rows, k-major, a lane tree per output).
 // Work is cut into items (task, 128-row weight chunk, activation panel range) run by OpenMP. What
 // a product computes per element depends on M only, never on the split, so the grouped (per-expert)
 // call and the plain call give bit-identical results.
@@ -88,24 +89,17 @@ struct AlignedVec {
   T* data() const { return p.get(); }
 };
 
-// FP8 code → value · 2^-8 (as the SIMD widening gives it), as float and as BF16 bits.
-// And the byte tables of simd::widen_fp8x64 (BF16 bytes of magnitudes 0..127): exact values for
-// the weights (lut_*), values · 2^-8 for the activations (act_lut_*, the bits of bf16[]).
+// FP8 code → value · 2^-8 (as the FP16 widening gives it), and the byte tables of
+// simd::widen_fp8x64_bf16 (BF16 bytes of the exact values of magnitudes 0..127).
 struct Fp8Tables {
   std::array<float, 256> f32{};
-  std::array<uint16_t, 256> bf16{};
-  alignas(64) std::array<uint8_t, 128> lut_hi{}, lut_lo{}, act_lut_hi{}, act_lut_lo{};
+  alignas(64) std::array<uint8_t, 128> lut_hi{}, lut_lo{};
   Fp8Tables() {
-    for (int c = 0; c < 256; ++c) {
-      f32[c] = fp8_e4m3_table()[c] * (1.0f / 256);
-      bf16[c] = float_to_bf16(f32[c]).bits;
-    }
+    for (int c = 0; c < 256; ++c) f32[c] = fp8_e4m3_table()[c] * (1.0f / 256);
     for (int c = 0; c < 128; ++c) {
       const uint16_t b = float_to_bf16(fp8_e4m3_table()[c]).bits;
       lut_hi[c] = uint8_t(b >> 8);
       lut_lo[c] = uint8_t(b & 0xff);
-      act_lut_hi[c] = uint8_t(bf16[c] >> 8);
-      act_lut_lo[c] = uint8_t(bf16[c] & 0xff);
     }
   }
 };
@@ -129,14 +123,26 @@ struct Weight {
   const float* scales = nullptr;
   const uint16_t* bf16 = nullptr;
   int N = 0, K = 0, kb = 0;
+  const uint8_t* tiles = nullptr;  // FP8 in the AVX-512 kernels' layout (pack_fp8_tiles)
   bool is_bf16() const { return bf16 != nullptr; }
 };
+
+#ifdef EPS_KERNELS_AVX512
+size_t fp8_tiles_bytes(int rows, int cols) {
+  return size_t(ceil_div(rows, kQuantBlock)) * ceil_div(cols, kQuantBlock) * kQuantBlock * kQuantBlock;
+}
+#endif
 
 Weight view(const Fp8Matrix& w) {
   EPS_REQUIRE(w.codes.size() >= size_t(w.rows) * w.cols, "matmul_fp8: weight codes too small");
   EPS_REQUIRE(w.block_scales.size() >= size_t(ceil_div(w.rows, kQuantBlock)) * ceil_div(w.cols, kQuantBlock),
               "matmul_fp8: block scales too small");
-  return Weight{w.codes.data(), w.block_scales.data(), nullptr, w.rows, w.cols, ceil_div(w.cols, kQuantBlock)};
+#ifdef EPS_KERNELS_AVX512
+  EPS_REQUIRE(w.tiles.size() == fp8_tiles_bytes(w.rows, w.cols),
+              "matmul_fp8: the weight's tiles are missing or of another shape (pack_fp8_tiles)");
+#endif
+  return Weight{w.codes.data(), w.block_scales.data(), nullptr, w.rows, w.cols, ceil_div(w.cols, kQuantBlock),
+                w.tiles.data()};
 }
 Weight view(const Bf16Matrix& w) {
   EPS_REQUIRE(w.values.size() >= size_t(w.rows) * w.cols, "matmul_bf16: weight too small");
@@ -153,12 +159,14 @@ struct Activations {
   // Row-major [M][K] (decode with BF16 weights, the scalar path): exact → the caller's x,
   // DeepSeek (scalar path only) → the codes' values · 2^-8.
   const float* x = nullptr;
-  // Decode with FP8 weights (AVX-512): exact values in [kb][M][128] blocks, zero-padded, each 64
-  // permuted as simd::widen_fp8x64 permutes the weights.
+  // Decode with FP8 weights (AVX2): the rows in [kb][M][128] blocks, zero-padded.
   const float* xk = nullptr;
-  // Decode, DeepSeek numerics with AVX512-BF16: BF16 pairs [kb][M][64] of the codes' values · 2^-8,
-  // pair kp of a block holding the k of prefill panel positions 2kp, 2kp+1 (the same pairs).
-  const uint32_t* xkb = nullptr;
+  // FP8 weight tiles (AVX-512, decode and prefill): the rows in k order, zero-padded to kb · 128:
+  // BF16 pairs [M][kb · 64] of the codes' values · 2^-8 under DeepSeek numerics with AVX512-BF16
+  // (xt), floats [M][kb · 128] otherwise (xf: exact, the caller's values; DeepSeek, the codes'
+  // values · 2^-8).
+  const uint32_t* xt = nullptr;
+  const float* xf = nullptr;
   const float* xscale = nullptr;  // DeepSeek: [M][kb]
   // BF16 weights with BF16 activations (matmul_bf16 in DeepSeek numerics) and AVX512-BF16: decode
   // reads xb, the rounded rows as BF16 bits [M][Kp] (zeros past K); prefill reads xpb, BF16 pairs
@@ -170,18 +178,15 @@ struct Activations {
   const uint32_t* xpb = nullptr;
   const float* xps = nullptr;  // DeepSeek: scales [panel][kb][32]
   int panels = 0;
-  // Prefill panels hold Kp = K rounded up to 64 positions (zeros past K). With FP8 weights the
-  // positions within each 64 are permuted as the tiles' table widening permutes the weights
-  // (panel_source); with BF16 weights they are in order.
+  // Prefill panels hold Kp = K rounded up to 64 positions (zeros past K), in k order.
   int Kp = 0;
-  bool permuted = false;
   // DeepSeek: the quantized rows (the caller's, or q).
   const uint8_t* codes = nullptr;
   const float* scales = nullptr;
   // Storage.
   Fp8Rows q;
-  AlignedVec<float> xd, xk_store, xp_store, xps_store;
-  AlignedVec<uint32_t> xpb_store, xkb_store;
+  AlignedVec<float> xd, xk_store, xp_store, xps_store, xf_store;
+  AlignedVec<uint32_t> xpb_store, xt_store;
   AlignedVec<uint16_t> xb_store;
 };
 
@@ -253,21 +258,11 @@ void quantize_rows(const float* x, int rows, int cols, Fp8Rows& out, bool par) {
 // ---------------------------------------------------------------------------------------------
 // Preparing activations (once per product; par: spread over the OpenMP threads).
 
-// The k that prefill panel position P holds (≥ K: a zero).
-int panel_source(int P, bool permuted, bool bf16_tiles) {
-#ifdef EPS_KERNELS_AVX512
-  if (permuted) {
-    const int j = P % 64;
-    return P - j + (bf16_tiles ? simd::fp8x64_bf16_source(j) : simd::fp8x64_source(j));
-  }
-#endif
-  return P;
-}
-
 // Lanes of panel p that the microkernels read: a panel of ≤ 16 rows goes through the one-vector
 // microkernel, which never reads lanes 16..31 (so they are neither filled nor zeroed).
 inline int panel_lanes(int M, int p) { return M - p * kPanel <= 16 ? 16 : kPanel; }
 
+#ifndef EPS_KERNELS_AVX512  // (the AVX-512 kernels read FP8 weights as tiles: prepare_tile_rows)
 // From DeepSeek-quantized rows (q already filled in a).
 void prepare_from_codes(Activations& a, bool par) {
   const int M = a.M, K = a.K, kb = a.kb;
@@ -296,67 +291,8 @@ void prepare_from_codes(Activations& a, bool par) {
         xps[(size_t(p) * kb + b) * kPanel + i] = m < M ? a.scales[size_t(m) * kb + b] : 0.0f;
       }
   a.xps = xps;
+#ifdef EPS_KERNELS_AVX2
   const int Kp = a.Kp;
-#ifdef EPS_KERNELS_BF16DOT
-  const int K2 = Kp / 2;
-  a.xpb_store.resize(size_t(a.panels) * K2 * kPanel);
-  uint32_t* xpb = a.xpb_store.data();
-  a.xpb = xpb;
-  if (a.permuted || !simd::kWidenPermutes) {
-    // Each row's 64 codes of a block widened as the weight tiles are (the same positions, values ·
-    // 2^-8), then 16 rows × 16 pairs transposed into the panel: a fifteenth of the instructions of
-    // the pair-by-pair copy below, which this pack cost 4% of the prefill.
-    const simd::Fp8Lut lut = simd::load_fp8_lut(t.act_lut_hi.data(), t.act_lut_lo.data());
-#pragma omp parallel for schedule(static) if (par && a.panels > 1)
-    for (int p = 0; p < a.panels; ++p) {
-      uint32_t* dst = xpb + size_t(p) * K2 * kPanel;
-      const int lanes = panel_lanes(M, p), rows = std::min(lanes, M - p * kPanel);
-      for (int h = 0; 64 * h < Kp; ++h)
-        for (int g = 0; 16 * g < lanes; ++g) {
-          __m512i w0[16], w1[16];
-          for (int i = 0; i < 16; ++i) {
-            const int r = 16 * g + i;
-            if (r < rows) {
-              simd::widen_fp8x64_bf16(lut, simd::load_codes64(codes + size_t(p * kPanel + r) * K + 64 * h, K - 64 * h), w0[i], w1[i]);
-            } else {
-              w0[i] = w1[i] = _mm512_setzero_si512();
-            }
-          }
-          simd::transpose16x16_epi32(w0);
-          simd::transpose16x16_epi32(w1);
-          uint32_t* d = dst + size_t(32 * h) * kPanel + 16 * g;
-          for (int c = 0; c < 16; ++c) {
-            _mm512_store_si512(d + size_t(c) * kPanel, w0[c]);
-            _mm512_store_si512(d + size_t(16 + c) * kPanel, w1[c]);
-          }
-        }
-    }
-    return;
-  }
-  // The k of each pair's two positions (K: none, a zero), worked out once per product; then each
-  // pair position filled for all the panel's rows (one 128-byte line of the panel at a time).
-  std::vector<int> source(size_t(2) * K2);
-  for (int P = 0; P < 2 * K2; ++P) source[size_t(P)] = std::min(K, panel_source(P, a.permuted, true));
-  std::vector<uint16_t> table(t.bf16.begin(), t.bf16.end());
-  table.push_back(0);  // code 256: the zero past K
-#pragma omp parallel for schedule(static) if (par && a.panels > 1)
-  for (int p = 0; p < a.panels; ++p) {
-    uint32_t* dst = xpb + size_t(p) * K2 * kPanel;
-    const int lanes = panel_lanes(M, p), rows = std::min(lanes, M - p * kPanel);
-    const uint8_t* first = codes + size_t(p) * kPanel * K;
-    for (int kp = 0; kp < K2; ++kp) {
-      const int k_lo = source[size_t(2 * kp)], k_hi = source[size_t(2 * kp) + 1];
-      uint32_t* d = dst + size_t(kp) * kPanel;
-      for (int i = 0; i < rows; ++i) {
-        const uint8_t* row = first + size_t(i) * K;
-        const uint32_t lo = table[k_lo < K ? row[k_lo] : 256], hi = table[k_hi < K ? row[k_hi] : 256];
-        d[i] = lo | (hi << 16);
-      }
-      for (int i = rows; i < lanes; ++i) d[i] = 0;
-    }
-  }
-  a.xpb = xpb;
-#elif defined(EPS_KERNELS_AVX2)
   // 8 rows × 16 codes widened in registers (values · 2^-8), then transposed into the panel in 8 × 8
   // blocks (positions in k order; zeros past K and for rows past M).
   a.xp_store.resize(size_t(a.panels) * Kp * kPanel);
@@ -385,23 +321,9 @@ void prepare_from_codes(Activations& a, bool par) {
       }
   }
   a.xp = xp;
-#else
-  a.xp_store.resize(size_t(a.panels) * Kp * kPanel);
-  float* xp = a.xp_store.data();
-#pragma omp parallel for schedule(static) if (par && a.panels > 1)
-  for (int p = 0; p < a.panels; ++p) {
-    float* dst = xp + size_t(p) * Kp * kPanel;
-    for (int i = 0; i < panel_lanes(M, p); ++i) {
-      const int m = p * kPanel + i;
-      for (int P = 0; P < Kp; ++P) {
-        const int k = panel_source(P, a.permuted, false);
-        dst[size_t(P) * kPanel + i] = m < M && k < K ? t.f32[codes[size_t(m) * K + k]] : 0.0f;
-      }
-    }
-  }
-  a.xp = xp;
 #endif
 }
+#endif
 
 // Exact numerics (and BF16 weights): the caller's FP32 rows, packed into panels for prefill.
 void prepare_exact(Activations& a, const float* x, bool par) {
@@ -416,14 +338,12 @@ void prepare_exact(Activations& a, const float* x, bool par) {
   for (int p = 0; p < a.panels; ++p) {
     float* dst = xp + size_t(p) * Kp * kPanel;
     for (int P0 = 0; P0 < Kp; P0 += kTile) {
-      int src[kTile];
-      for (int j = 0; j < kTile; ++j) src[j] = panel_source(P0 + j, a.permuted, false);
       for (int i = 0; i < panel_lanes(M, p); ++i) {
         const int m = p * kPanel + i;
         float* d = dst + size_t(P0) * kPanel + i;
         if (m < M) {
           const float* row = x + size_t(m) * K;
-          for (int j = 0; j < kTile; ++j) d[size_t(j) * kPanel] = src[j] < K ? row[src[j]] : 0.0f;
+          for (int j = 0; j < kTile; ++j) d[size_t(j) * kPanel] = P0 + j < K ? row[P0 + j] : 0.0f;
         } else {
           for (int j = 0; j < kTile; ++j) d[size_t(j) * kPanel] = 0.0f;
         }
@@ -433,44 +353,62 @@ void prepare_exact(Activations& a, const float* x, bool par) {
   a.xp = xp;
 }
 
-// Decode layout for FP8 weights, the k order of the prefill panels within each block:
-// xk[b][m][P] = value at k = 128b + panel_source(P) (exact: the caller's x; DeepSeek: the code's
-// value · 2^-8, as the prefill panels hold it), or with AVX512-BF16 under DeepSeek numerics the BF16
-// pairs xkb[b][m][kp] of positions 2kp, 2kp+1.
+#ifdef EPS_KERNELS_AVX2
+// Decode layout for FP8 weights: xk[b][m][j] = the value at k = 128b + j (exact: the caller's x;
+// DeepSeek: the code's value · 2^-8, as the prefill panels hold it), zeros past K.
 void prepare_decode_blocks(Activations& a, const float* x, const uint8_t* codes) {
-#ifdef EPS_KERNELS_SIMD
   const int M = a.M, K = a.K, kb = a.kb;
   const auto& t = fp8_tables();
-#ifdef EPS_KERNELS_BF16DOT
-  if (codes) {
-    a.xkb_store.resize(size_t(kb) * M * (kQuantBlock / 2));
-    uint32_t* xkb = a.xkb_store.data();
-    for (int b = 0; b < kb; ++b)
-      for (int m = 0; m < M; ++m)
-        for (int kp = 0; kp < kQuantBlock / 2; ++kp) {
-          uint32_t pair = 0;
-          for (int e = 0; e < 2; ++e) {
-            const int k = b * kQuantBlock + panel_source(2 * kp + e, true, true);
-            if (k < K) pair |= uint32_t(t.bf16[codes[size_t(m) * K + k]]) << (16 * e);
-          }
-          xkb[(size_t(b) * M + m) * (kQuantBlock / 2) + kp] = pair;
-        }
-    a.xkb = xkb;
-    return;
-  }
-#endif
   a.xk_store.resize(size_t(kb) * M * kQuantBlock);
   float* xk = a.xk_store.data();
   for (int b = 0; b < kb; ++b)
     for (int m = 0; m < M; ++m)
       for (int j = 0; j < kQuantBlock; ++j) {
-        const int k = b * kQuantBlock + panel_source(j, true, false);
+        const int k = b * kQuantBlock + j;
         const size_t src = size_t(m) * K + k;
         xk[(size_t(b) * M + m) * kQuantBlock + j] = k >= K ? 0.0f : codes ? t.f32[codes[src]] : x[src];
       }
   a.xk = xk;
-#endif
 }
+#endif
+
+#ifdef EPS_KERNELS_AVX512
+// FP8 weight tiles: the rows in k order, zero-padded to kb · 128 (Activations::xt / xf), decode
+// and prefill alike.
+void prepare_tile_rows(Activations& a, const float* x, bool par) {
+  const int M = a.M, K = a.K, Kpad = a.kb * kQuantBlock;
+  const bool parallel = par && size_t(M) * K >= (size_t(1) << 16) && M > 1;
+  if (a.prefill) a.panels = ceil_div(M, kPanel);
+#ifdef EPS_KERNELS_BF16DOT
+  if (a.deepseek) {
+    a.xt_store.resize(size_t(M) * Kpad / 2);
+    uint32_t* xt = a.xt_store.data();
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int m = 0; m < M; ++m) {
+      const uint8_t* c = a.codes + size_t(m) * K;
+      uint32_t* d = xt + size_t(m) * Kpad / 2;
+      for (int k = 0; k < Kpad; k += 32) {
+        const __m512 lo = simd::widen_fp8x16(simd::load_codes16(c + k, K - k));
+        const __m512 hi = simd::widen_fp8x16(simd::load_codes16(c + k + 16, K - k - 16));
+        _mm512_store_si512(d + k / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));  // exact: FP8 values fit BF16
+      }
+    }
+    a.xt = xt;
+    return;
+  }
+#endif
+  a.xf_store.resize(size_t(M) * Kpad);
+  float* xf = a.xf_store.data();
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int m = 0; m < M; ++m) {
+    float* d = xf + size_t(m) * Kpad;
+    for (int k = 0; k < Kpad; k += 16)
+      _mm512_store_ps(d + k, a.deepseek ? simd::widen_fp8x16(simd::load_codes16(a.codes + size_t(m) * K + k, K - k))
+                                        : simd::load_floats16(x + size_t(m) * K + k, K - k));
+  }
+  a.xf = xf;
+}
+#endif
 
 // BF16 weights, activations rounded to BF16 (matmul_bf16, DeepSeek numerics). With AVX512-BF16:
 // the rows as BF16 bits (decode) or BF16 pairs in prefill panels; otherwise the rounded rows as
@@ -536,9 +474,9 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
   a.xk = nullptr;
   a.xb = nullptr;
   a.bf16x = bf16x;
-  a.xkb = nullptr;
+  a.xt = nullptr;
+  a.xf = nullptr;
   a.Kp = ceil_div(K, 64) * 64;
-  a.permuted = fp8_weights;
   a.x = a.xscale = a.xp = a.xps = a.scales = nullptr;  // the buffers are reused, the views are not
   a.xpb = nullptr;
   a.codes = nullptr;
@@ -549,18 +487,31 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
   a.deepseek = deepseek;
   a.prefill = use_prefill(M);
   if (bf16x) return prepare_bf16x(a, x, par);
+  if (deepseek) {
+    if (!quantized) {
+      quantize_rows(x, M, K, a.q, par);
+      quantized = &a.q;
+    }
+    a.codes = quantized->codes.data();
+    a.scales = a.xscale = quantized->scales.data();
+  }
+#ifdef EPS_KERNELS_AVX512
+  if (fp8_weights) return prepare_tile_rows(a, x, par);
+#else
+  (void)fp8_weights;
+#endif
   if (!deepseek) {
+#ifdef EPS_KERNELS_AVX2
     if (!a.prefill) prepare_decode_blocks(a, x, nullptr);
+#endif
     return prepare_exact(a, x, par);
   }
-  if (!quantized) {
-    quantize_rows(x, M, K, a.q, par);
-    quantized = &a.q;
-  }
-  a.codes = quantized->codes.data();
-  a.scales = quantized->scales.data();
+#ifndef EPS_KERNELS_AVX512
+#ifdef EPS_KERNELS_AVX2
   if (!a.prefill) prepare_decode_blocks(a, nullptr, a.codes);
+#endif
   prepare_from_codes(a, par);
+#endif
 }
 
 #ifdef EPS_KERNELS_SIMD
@@ -590,11 +541,12 @@ inline void prefetch_next_tile_rows(const Weight& w, int n0, int r0, int r1, int
 inline bool whole_block(int K, int b) { return (b + 1) * kQuantBlock <= K; }
 
 #ifdef EPS_KERNELS_AVX512
+#include "kernels/matmul_tiles_avx512-inl.h"  // FP8 weights
 
-// Batch invariance: a row's result must not depend on M (how many rows share the product) nor on
-// its position, so the decode kernels (k across the vector lanes) and the prefill microkernels
-// (activation rows across the lanes) add the same products in the same order. Per output and
-// 128-block, with positions P in the prefill panels' k order (panel_source):
+// BF16 weights. Batch invariance: a row's result must not depend on M (how many rows share the
+// product) nor on its position, so the decode kernels (k across the vector lanes) and the prefill
+// microkernels (activation rows across the lanes) add the same products in the same order. Per
+// output and 128-block, with positions P in k order:
 //  - 16 lane chains: chain j adds P = j, j+16, j+32, ... in that order (FMAs from zero);
 //  - the 16 chain sums combined by one fixed tree: i + (i+8), then i + (i+4), i + (i+2), i + (i+1)
 //    (the halving tree of a horizontal vector sum);
@@ -620,98 +572,9 @@ inline void tree_sums(const __m512 (&v)[N], float (&out)[N]) {
   }
 }
 
-// R weight rows at a time, each widened once (64 codes at a time) and used for all M rows.
-// One 128-block of R rows: the lane chains, the tree, scaled into acc (kWhole: see whole_block).
-template <int M, int R, bool kWhole>
-inline void decode_fp8_block(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, int b,
-                             size_t ahead, float (&acc)[R][M]) {
-  const int K = a.K, kb = a.kb;
-  const int k0 = b * kQuantBlock, kc = kWhole ? kQuantBlock : std::min(kQuantBlock, K - k0);
-  const uint8_t* wb = w.codes + size_t(n) * K + k0;
-  __m512 part[R * M];
-  for (auto& p : part) p = _mm512_setzero_ps();
-#ifdef EPS_KERNELS_BF16DOT
-  if (a.xkb) {
-    const uint32_t* xb = a.xkb + size_t(b) * M * (kQuantBlock / 2);
-    for (int h = 0; h < kQuantBlock / 64 && 64 * h < kc; ++h)
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* wr = wb + size_t(r) * K + 64 * h;
-        _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
-        __m512i w0, w1;
-        simd::widen_fp8x64_bf16(lut, simd::load_codes64(wr, kWhole ? 64 : kc - 64 * h), w0, w1);
-        for (int m = 0; m < M; ++m) {
-          const uint32_t* xm = xb + m * (kQuantBlock / 2) + 32 * h;
-          part[r * M + m] = _mm512_dpbf16_ps(part[r * M + m], (__m512bh)_mm512_load_si512(xm), (__m512bh)w0);
-          part[r * M + m] = _mm512_dpbf16_ps(part[r * M + m], (__m512bh)_mm512_load_si512(xm + 16), (__m512bh)w1);
-        }
-      }
-  } else
-#endif
-  {
-    const float* xb = a.xk + size_t(b) * M * kQuantBlock;
-    for (int h = 0; h < kQuantBlock / 64 && 64 * h < kc; ++h)
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* wr = wb + size_t(r) * K + 64 * h;
-        _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
-        __m512 f[4];
-        simd::widen_fp8x64(lut, simd::load_codes64(wr, kWhole ? 64 : kc - 64 * h), f);
-        for (int m = 0; m < M; ++m) {
-          const float* xm = xb + m * kQuantBlock + 64 * h;
-          for (int q = 0; q < 4; ++q) part[r * M + m] = _mm512_fmadd_ps(_mm512_load_ps(xm + 16 * q), f[q], part[r * M + m]);
-        }
-      }
-  }
-  float sum[R * M];
-  tree_sums(part, sum);
-  for (int r = 0; r < R; ++r) {
-    const float ws = w.scales[size_t((n + r) / kQuantBlock) * kb + b];
-    for (int m = 0; m < M; ++m) {
-      // As the prefill items compute it: DeepSeek, (x scale · w scale) rounded as the twin rounds
-      // it, times the powers of two the widenings left out (exact); exact numerics, the weights'.
-      const float s = a.deepseek ? (a.xscale[size_t(m) * kb + b] * ws) * (simd::kFp8WidenScale * simd::kWiden64Scale)
-                                 : ws * simd::kWiden64Scale;
-      acc[r][m] = std::fma(sum[r * M + m], s, acc[r][m]);
-    }
-  }
-}
-
-template <int M, int R>
-inline void decode_fp8_block(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, int b,
-                             size_t ahead, float (&acc)[R][M]) {
-  if (whole_block(a.K, b)) decode_fp8_block<M, R, true>(a, w, lut, n, b, ahead, acc);
-  else decode_fp8_block<M, R, false>(a, w, lut, n, b, ahead, acc);
-}
-
-template <int M, int R>
-inline void decode_store(const Activations& a, const float (&acc)[R][M], int n, const Out& y) {
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) y.row(m)[n + r] = a.deepseek ? round_to_bf16(acc[r][m]) : acc[r][m];
-}
-
-// R rows, all blocks.
-template <int M, int R>
-void decode_fp8_rows(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, const Out& y) {
-  const size_t ahead = size_t(R) * a.K + 4096;  // prefetch distance along the (contiguous) rows
-  float acc[R][M] = {};
-  for (int b = 0; b < a.kb; ++b) decode_fp8_block<M, R>(a, w, lut, n, b, ahead, acc);
-  decode_store<M, R>(a, acc, n, y);
-}
-
-// kDecodeGroup rows block by block: when the activations (M × K floats) do not fit L1, each block
-// of them is then reused by all the group's rows instead of being streamed from L2 once per row.
-// The same operations per row as decode_fp8_rows: the same results.
-constexpr int kDecodeGroup = 16;
-template <int M, int R>
-void decode_fp8_group(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, const Out& y) {
-  static_assert(kDecodeGroup % R == 0);
-  float acc[kDecodeGroup / R][R][M] = {};
-  for (int b = 0; b < a.kb; ++b)
-    for (int g = 0; g < kDecodeGroup / R; ++g) decode_fp8_block<M, R>(a, w, lut, n + g * R, b, 2 * kQuantBlock, acc[g]);
-  for (int g = 0; g < kDecodeGroup / R; ++g) decode_store<M, R>(a, acc[g], n + g * R, y);
-}
-
-// BF16 weights: the same structure, k in order (chain j adds k0 + j, k0 + j + 16, ...). One
-// block, added to acc (kWhole: see whole_block).
+// R rows of BF16 weights at a time, each widened once and used for all M rows. One block: the
+// lane chains (chain j adds k0 + j, k0 + j + 16, ...), the tree, added to acc (kWhole: see
+// whole_block).
 template <int M, int R, bool kWhole>
 inline void decode_bf16_block(const Activations& a, const Weight& w, int n, int b, size_t ahead, float (&acc)[R][M]) {
   const int K = a.K, k0 = b * kQuantBlock, kc = kWhole ? kQuantBlock : std::min(kQuantBlock, K - k0);
@@ -790,30 +653,21 @@ void decode_bf16_rows(const Activations& a, const Weight& w, int n, const Out& y
 template <int M>
 void decode_range_m(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
   // Several weight rows at a time give independent FMA chains when M is small.
+  constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
   int n = n0;
-  if (w.is_bf16()) {
-    constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
 #ifdef EPS_KERNELS_BF16DOT
-    if (a.xb) {
-      for (; n + R <= n1; n += R) decode_bf16_rows<M, R, true>(a, w, n, y);
-      for (; n < n1; ++n) decode_bf16_rows<M, 1, true>(a, w, n, y);
-      return;
-    }
-#endif
-    for (; n + R <= n1; n += R) decode_bf16_rows<M, R>(a, w, n, y);
-    for (; n < n1; ++n) decode_bf16_rows<M, 1>(a, w, n, y);
-  } else {
-    constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
-    const auto& t = fp8_tables();
-    const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
-    if (size_t(M) * a.kb * kQuantBlock * sizeof(float) > 32 * 1024)  // activations larger than L1
-      for (; n + kDecodeGroup <= n1; n += kDecodeGroup) decode_fp8_group<M, R>(a, w, lut, n, y);
-    for (; n + R <= n1; n += R) decode_fp8_rows<M, R>(a, w, lut, n, y);
-    for (; n < n1; ++n) decode_fp8_rows<M, 1>(a, w, lut, n, y);
+  if (a.xb) {
+    for (; n + R <= n1; n += R) decode_bf16_rows<M, R, true>(a, w, n, y);
+    for (; n < n1; ++n) decode_bf16_rows<M, 1, true>(a, w, n, y);
+    return;
   }
+#endif
+  for (; n + R <= n1; n += R) decode_bf16_rows<M, R>(a, w, n, y);
+  for (; n < n1; ++n) decode_bf16_rows<M, 1>(a, w, n, y);
 }
 
 void decode_range(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
+  if (!w.is_bf16()) return decode_tiles(a, w, n0, n1, y);
   switch (a.M) {
     case 1: return decode_range_m<1>(a, w, n0, n1, y);
     case 2: return decode_range_m<2>(a, w, n0, n1, y);
@@ -911,45 +765,16 @@ inline void micro_bf16(const uint32_t* xp, const uint16_t* wd, int kc2, float* c
 }
 #endif
 
-// Dequantize weight rows [n0, n0+nn) × k-block [k0, k0+kc) into wd[kNChunkPad][128] (rows ≥ nn
-// and columns ≥ kc are zero). FP8: values / kWiden64Scale, positions permuted within each 64 as
-// simd::widen_fp8x64 leaves them; BF16 weights: exact, in order.
-void dequant_tile_f32(const Weight& w, const simd::Fp8Lut& lut, int n0, int nn, int k0, int kc, float* wd) {
+// BF16 weight rows [n0, n0+nn) × k-block [k0, k0+kc) widened into wd[kNChunkPad][128] (rows ≥ nn
+// and columns ≥ kc are zero).
+void widen_tile_bf16(const Weight& w, int n0, int nn, int k0, int kc, float* wd) {
   for (int r = 0; r < nn; ++r) {
     float* dst = wd + size_t(r) * kQuantBlock;
-    if (w.is_bf16()) {
-      const uint16_t* src = w.bf16 + size_t(n0 + r) * w.K + k0;
-      for (int k = 0; k < kc; k += 16) _mm512_store_ps(dst + k, simd::widen_bf16x16(src + k, kc - k));
-    } else {
-      const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
-      for (int h = 0; 64 * h < kc; ++h) {  // permuted within each 64 (see Activations::Kp)
-        __m512 f[4];
-        simd::widen_fp8x64(lut, simd::load_codes64(src + 64 * h, kc - 64 * h), f);
-        for (int q = 0; q < 4; ++q) _mm512_store_ps(dst + 64 * h + 16 * q, f[q]);
-      }
-      continue;
-    }
-    // Columns past the last full 16 are already zero (masked loads); clear the rest of the row.
-    for (int k = ceil_div(kc, 16) * 16; k < kQuantBlock; ++k) dst[k] = 0.0f;
+    const uint16_t* src = w.bf16 + size_t(n0 + r) * w.K + k0;
+    for (int k = 0; k < kQuantBlock; k += 16) _mm512_store_ps(dst + k, simd::widen_bf16x16(src + k, kc - k));
   }
   std::memset(wd + size_t(nn) * kQuantBlock, 0, sizeof(float) * size_t(kNChunkPad - nn) * kQuantBlock);
 }
-
-#ifdef EPS_KERNELS_BF16DOT
-void dequant_tile_bf16(const Weight& w, const simd::Fp8Lut& lut, int n0, int nn, int k0, int kc, uint16_t* wd) {
-  for (int r = 0; r < nn; ++r) {
-    uint16_t* dst = wd + size_t(r) * kQuantBlock;
-    const uint8_t* src = w.codes + size_t(n0 + r) * w.K + k0;
-    for (int h = 0; 64 * h < kc; ++h) {
-      __m512i w0, w1;  // permuted within each 64 with VBMI (see Activations::Kp)
-      simd::widen_fp8x64_bf16(lut, simd::load_codes64(src + 64 * h, kc - 64 * h), w0, w1);
-      _mm512_store_si512(dst + 64 * h, w0);
-      _mm512_store_si512(dst + 64 * h + 32, w1);
-    }
-  }
-  std::memset(wd + size_t(nn) * kQuantBlock, 0, sizeof(uint16_t) * size_t(kNChunkPad - nn) * kQuantBlock);
-}
-#endif
 
 #ifdef EPS_KERNELS_BF16DOT
 // BF16 weight rows [n0, n0+nn) × [k0, k0+kc) copied into wd[kNChunkPad][128] (zeros elsewhere).
@@ -965,47 +790,25 @@ void copy_tile_bf16(const Weight& w, int n0, int nn, int k0, int kc, uint16_t* w
 }
 #endif
 
-// Weight rows [n0, n1) (inside one 128-row scale block) × activation panels [p0, p1).
+// BF16 weight rows [n0, n1) × activation panels [p0, p1).
 void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0, int p1, const Out& y) {
   const int kb = a.kb, nn = n1 - n0, groups = ceil_div(nn, kNr);
   const int ldc = (p1 - p0) * kPanel;
   float* ct = tl_tile.get<float>(size_t(kNChunkPad) * ldc);
   std::memset(ct, 0, sizeof(float) * size_t(groups) * kNr * ldc);
-  [[maybe_unused]] const bool bf16dot =
-#ifdef EPS_KERNELS_BF16DOT
-      a.deepseek || a.bf16x;
-#else
-      false;
-#endif
-  const auto& tables = fp8_tables();
-  const simd::Fp8Lut lut = simd::load_fp8_lut(tables.lut_hi.data(), tables.lut_lo.data());
+  [[maybe_unused]] const bool bf16dot = a.bf16x;  // BF16 activations: vdpbf16ps (AVX512-BF16)
   float* wd = tl_weights.get<float>(size_t(kNChunkPad) * kQuantBlock);
+  const __m512 s[2] = {_mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f)};
   for (int b = 0; b < kb; ++b) {
     const int k0 = b * kQuantBlock, kc = std::min(kQuantBlock, a.K - k0);
-    // FP8 tiles are filled 64 positions at a time (permuted within each 64, zeros past kc).
-    const int kc_run = w.is_bf16() ? kc : std::min(kQuantBlock, ceil_div(kc, 64) * 64);
-    float ws = 1.0f;
-    if (!w.is_bf16()) ws = w.scales[size_t(n0 / kQuantBlock) * kb + b];
 #ifdef EPS_KERNELS_BF16DOT
-    if (bf16dot && w.is_bf16()) copy_tile_bf16(w, n0, nn, k0, kc, reinterpret_cast<uint16_t*>(wd));
-    else if (bf16dot) dequant_tile_bf16(w, lut, n0, nn, k0, kc, reinterpret_cast<uint16_t*>(wd));
+    if (bf16dot) copy_tile_bf16(w, n0, nn, k0, kc, reinterpret_cast<uint16_t*>(wd));
     else
 #endif
-      dequant_tile_f32(w, lut, n0, nn, k0, kc, wd);
+      widen_tile_bf16(w, n0, nn, k0, kc, wd);
     for (int p = p0; p < p1; ++p) {
       const int rows = std::min(kPanel, a.M - p * kPanel);
       float* ctp = ct + (p - p0) * kPanel;
-      __m512 s[2];
-      if (a.deepseek) {
-        // (x scale · w scale) rounded as the twin does, times the powers of two that the widenings
-        // left out: 2^8 for the activations, kWiden64Scale for the weights (exact).
-        const __m512 vws = _mm512_set1_ps(ws);
-        const __m512 pow2 = _mm512_set1_ps(simd::kFp8WidenScale * simd::kWiden64Scale);
-        for (int v = 0; v < 2; ++v)
-          s[v] = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(a.xps + (size_t(p) * kb + b) * kPanel + 16 * v), vws), pow2);
-      } else {
-        s[0] = s[1] = _mm512_set1_ps(w.is_bf16() ? 1.0f : ws * simd::kWiden64Scale);
-      }
       for (int g = 0; g < groups; ++g) {
         if (p == p0) prefetch_next_tile_rows(w, n0, g * kNr, std::min(nn, (g + 1) * kNr), k0 + kQuantBlock);
         float* ctg = ctp + size_t(g) * kNr * ldc;
@@ -1013,20 +816,19 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
         if (bf16dot) {
           const uint32_t* xp = a.xpb + (size_t(p) * (a.Kp / 2) + k0 / 2) * kPanel;
           const uint16_t* wg = reinterpret_cast<const uint16_t*>(wd) + size_t(g) * kNr * kQuantBlock;
-          if (rows > 16) micro_bf16<2>(xp, wg, ceil_div(kc_run, 2), ctg, ldc, s);
-          else micro_bf16<1>(xp, wg, ceil_div(kc_run, 2), ctg, ldc, s);
+          if (rows > 16) micro_bf16<2>(xp, wg, ceil_div(kc, 2), ctg, ldc, s);
+          else micro_bf16<1>(xp, wg, ceil_div(kc, 2), ctg, ldc, s);
           continue;
         }
 #endif
         const float* xp = a.xp + (size_t(p) * a.Kp + k0) * kPanel;
         const float* wg = wd + size_t(g) * kNr * kQuantBlock;
-        if (rows > 16) micro_f32<2>(xp, wg, kc_run, ctg, ldc, s);
-        else micro_f32<1>(xp, wg, kc_run, ctg, ldc, s);
+        if (rows > 16) micro_f32<2>(xp, wg, kc, ctg, ldc, s);
+        else micro_f32<1>(xp, wg, kc, ctg, ldc, s);
       }
     }
   }
-  // Transpose the tile out into y in 16 × 16 blocks, in registers (rounding to BF16 under DeepSeek
-  // numerics). Tile rows past nn and columns past `rows` may hold anything: they are never stored.
+  // Transpose the tile out into y in 16 × 16 blocks, in registers. Tile rows past nn and columns past `rows` may hold anything: they are never stored.
   const int m0 = p0 * kPanel, rows = std::min(a.M, p1 * kPanel) - m0;
   for (int mb = 0; mb < rows; mb += 16)
     for (int rb = 0; rb < nn; rb += 16) {
@@ -1035,9 +837,7 @@ void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0,
       simd::transpose16x16_epi32(v);
       const __mmask16 lanes = simd::first_lanes16(nn - rb);
       for (int m = 0; m < std::min(16, rows - mb); ++m) {
-        __m512 out = _mm512_castsi512_ps(v[m]);
-        if (a.deepseek) out = simd::round_to_bf16x16(out);
-        _mm512_mask_storeu_ps(y.row(m0 + mb + m) + n0 + rb, lanes, out);
+        _mm512_mask_storeu_ps(y.row(m0 + mb + m) + n0 + rb, lanes, _mm512_castsi512_ps(v[m]));
       }
     }
 }
@@ -1109,14 +909,24 @@ void add_items(std::vector<Item>& items, int job, const Activations& a, const We
 #endif
   const size_t row_bytes = size_t(w.K) * (w.is_bf16() ? 2 : 1);
   const int count = std::max(min_items, int(ceil_div(size_t(N) * row_bytes, kDecodeItemBytes)));
-  const int step = std::max(16, ceil_div(ceil_div(N, count), 16) * 16);
+#ifdef EPS_KERNELS_AVX512
+  const int align = w.is_bf16() ? 16 : 32;  // FP8 tiles: 32 outputs per widening
+#else
+  const int align = 16;
+#endif
+  const int step = std::max(align, ceil_div(ceil_div(N, count), align) * align);
   for (int n = 0; n < N; n += step) items.push_back({job, n, std::min(N, n + step), 0, 0});
 }
 
 void run_item(const Job& j, const Item& it) {
   const Activations& a = *j.a;
 #ifdef EPS_KERNELS_SIMD
-  if (a.prefill) return prefill_item(a, j.w, it.n0, it.n1, it.p0, it.p1, j.y);
+  if (a.prefill) {
+#ifdef EPS_KERNELS_AVX512
+    if (!j.w.is_bf16()) return prefill_tiles_item(a, j.w, it.n0, it.p0 * kPanel, std::min(a.M, it.p1 * kPanel), j.y);
+#endif
+    return prefill_item(a, j.w, it.n0, it.n1, it.p0, it.p1, j.y);
+  }
 #endif
   decode_range(a, j.w, it.n0, it.n1, j.y);
 }
@@ -1151,6 +961,35 @@ void matmul_one(const float* x, const Fp8Rows* quantized, int M, const Weight& w
 void quantize_rows_fp8(std::span<const float> x, int rows, int cols, Fp8Rows& out) {
   EPS_REQUIRE(x.size() >= size_t(rows) * cols, "quantize_rows_fp8: input too small");
   quantize_rows(x.data(), rows, cols, out, true);
+}
+
+std::vector<uint8_t> pack_fp8_tiles(const Fp8Matrix& w) {
+#ifdef EPS_KERNELS_AVX512
+  EPS_REQUIRE(w.codes.size() >= size_t(w.rows) * w.cols, "pack_fp8_tiles: weight codes too small");
+  const int nbs = ceil_div(w.rows, kTileN), kb = ceil_div(w.cols, kQuantBlock);
+  std::vector<uint8_t> out(fp8_tiles_bytes(w.rows, w.cols));
+  const auto& source = fp8_tile_source();
+  const uint8_t* codes = w.codes.data();
+  const long tiles = long(nbs) * kb;
+#pragma omp parallel for schedule(static) if (tiles > 1)
+  for (long t = 0; t < tiles; ++t) {
+    const int nb = int(t / kb), b = int(t % kb);
+    uint8_t* tile = out.data() + size_t(t) * kTileBytes;
+    // Each 64 bytes: 32 outputs' pairs (k, k + 1) of one k-pair, at the positions the widening reads.
+    for (int kp = 0; kp < kTilePairs; ++kp)
+      for (int g = 0; g < kTileN / 32; ++g) {
+        uint8_t* dst = tile + size_t(kp) * kTileRowBytes + 64 * g;
+        for (int P = 0; P < 64; ++P) {
+          const int n = nb * kTileN + 32 * g + P / 2, k = b * kQuantBlock + 2 * kp + P % 2;
+          dst[source[size_t(P)]] = n < w.rows && k < w.cols ? codes[size_t(n) * w.cols + k] : 0;
+        }
+      }
+  }
+  return out;
+#else
+  (void)w;
+  return {};
+#endif
 }
 
 void matmul_fp8(std::span<const float> x, int M, const Fp8Matrix& w, std::span<float> y, Numerics mode) {

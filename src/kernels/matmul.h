@@ -24,13 +24,22 @@ constexpr int kQuantBlock = 128;
 
 constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// A linear layer's weight as the checkpoint stores it (views into mmap'd memory).
+// A linear layer's weight as the checkpoint stores it (views into mmap'd memory), with the same
+// codes in the kernels' tile layout where this build's kernels read that instead.
 struct Fp8Matrix {
   std::span<const uint8_t> codes;        // [rows, cols] E4M3
   std::span<const float> block_scales;   // [ceil(rows/128), ceil(cols/128)] (weight_scale_inv)
   int rows = 0;
   int cols = 0;
+  std::span<const uint8_t> tiles;        // pack_fp8_tiles(*this): required by the AVX-512 kernels
 };
+
+// The codes of w in the layout the AVX-512 kernels read (docs/ARCHITECTURE.md, "Kernels"): each
+// 128 × 128 block as 64 k-pairs × 128 outputs × 2 codes (zero-padded to whole blocks), so that a
+// product adds each output's terms in one chain over k, in decode and prefill alike. Empty in builds
+// whose kernels read `codes` as stored (AVX2, scalar). The caller owns the bytes and sets
+// `w.tiles` to them; they are only valid with the `codes` they were packed from.
+std::vector<uint8_t> pack_fp8_tiles(const Fp8Matrix& w);
 
 struct Bf16Matrix {
   std::span<const bf16> values;  // [rows, cols]

@@ -36,22 +36,12 @@ inline __m512 widen_fp8x16(__m128i codes) {
 
 inline __m512 widen_fp8x16(const uint8_t* p) { return widen_fp8x16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
-// 32 E4M3 codes at p → two vectors of 16 floats (codes 0..15, 16..31), each value · 2^-8. Two
-// 256-bit widenings (the loads fold into vpmovsxbw) measured faster on Zen 5 than one 512-bit
-// widening and an extract.
-inline void widen_fp8x32(const uint8_t* p, __m512& lo, __m512& hi) {
-  lo = widen_fp8x16(p);
-  hi = widen_fp8x16(p + 16);
-}
-
-// 64 E4M3 codes → 64 floats (f[0..3]), each value · kWiden64Scale^-1.
+// 64 E4M3 codes → 64 BF16 values (widen_fp8x64_bf16), for the FP8 weight tiles.
 // With AVX512-VBMI: a 128-entry table of the BF16 bytes of each magnitude (two vpermt2b), the sign
-// OR-ed in, bytes then words interleaved into FP32 bit patterns: exact values, about half the
-// instructions of four FP16 widenings (measured 1.6× the throughput on Zen 5). The unpacks work
-// within 128-bit lanes, so the floats come out permuted: f[q] lane j holds code
-// fp8x64_source(16q + j). Callers permute the activations the same way (a dot product does not care
-// about the order of its terms). Without VBMI (Skylake/Cascade Lake Xeons): four FP16 widenings,
-// natural order, values · 2^-8.
+// OR-ed in, then bytes interleaved into BF16 words: exact values, about half the instructions of
+// four FP16 widenings (measured 1.6× the throughput on Zen 5). The unpacks work within 128-bit
+// lanes, so the values come out permuted; the tiles are packed so that each lands where it belongs
+// (pack_fp8_tiles probes the order). Without VBMI: FP16 widenings, values · 2^-8.
 struct Fp8Lut {
   __m512i hi0, hi1, lo0, lo1;  // high and low BF16 bytes of magnitudes 0..63 and 64..127
 };
@@ -60,25 +50,7 @@ inline Fp8Lut load_fp8_lut(const uint8_t* hi128, const uint8_t* lo128) {
                 _mm512_loadu_si512(lo128 + 64)};
 }
 #if defined(__AVX512VBMI__)
-constexpr float kWiden64Scale = 1.0f;
-constexpr bool kWidenPermutes = true;  // the 64-code widenings below leave their outputs permuted
-constexpr int fp8x64_source(int j) {  // output position (16q + 4L + e) → code index (16L + 4q + e)
-  return 16 * ((j % 16) / 4) + 4 * (j / 16) + j % 4;
-}
-inline void widen_fp8x64(const Fp8Lut& t, __m512i codes, __m512 f[4]) {
-  __m512i hi = _mm512_permutex2var_epi8(t.hi0, codes, t.hi1);  // index: the low 7 bits
-  const __m512i lo = _mm512_permutex2var_epi8(t.lo0, codes, t.lo1);
-  hi = _mm512_ternarylogic_epi32(hi, codes, _mm512_set1_epi8(char(0x80)), 0xF8);  // hi | (codes & 0x80)
-  const __m512i w0 = _mm512_unpacklo_epi8(lo, hi), w1 = _mm512_unpackhi_epi8(lo, hi);
-  const __m512i z = _mm512_setzero_si512();
-  f[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, w0));
-  f[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, w0));
-  f[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, w1));
-  f[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, w1));
-}
-// The same to 64 BF16 values (w0: positions 0..31, w1: 32..63), for the prefill BF16 tiles:
-// position p holds code fp8x64_bf16_source(p).
-constexpr int fp8x64_bf16_source(int p) { return 16 * ((p % 32) / 8) + 8 * (p / 32) + p % 8; }
+constexpr float kWiden64Scale = 1.0f;  // what widen_fp8x64_bf16 leaves out of each value
 inline void widen_fp8x64_bf16(const Fp8Lut& t, __m512i codes, __m512i& w0, __m512i& w1) {
   __m512i hi = _mm512_permutex2var_epi8(t.hi0, codes, t.hi1);
   const __m512i lo = _mm512_permutex2var_epi8(t.lo0, codes, t.lo1);
@@ -88,15 +60,6 @@ inline void widen_fp8x64_bf16(const Fp8Lut& t, __m512i codes, __m512i& w0, __m51
 }
 #else
 constexpr float kWiden64Scale = kFp8WidenScale;
-constexpr bool kWidenPermutes = false;
-constexpr int fp8x64_source(int j) { return j; }
-constexpr int fp8x64_bf16_source(int p) { return p; }
-inline void widen_fp8x64(const Fp8Lut&, __m512i codes, __m512 f[4]) {
-  f[0] = widen_fp8x16(_mm512_extracti32x4_epi32(codes, 0));
-  f[1] = widen_fp8x16(_mm512_extracti32x4_epi32(codes, 1));
-  f[2] = widen_fp8x16(_mm512_extracti32x4_epi32(codes, 2));
-  f[3] = widen_fp8x16(_mm512_extracti32x4_epi32(codes, 3));
-}
 #if defined(__AVX512BF16__)
 // The same to 64 BF16 values (w0: codes 0..31, w1: 32..63, in order), values · 2^-8 (exact: FP8
 // values fit BF16).
@@ -105,6 +68,17 @@ inline void widen_fp8x64_bf16(const Fp8Lut&, __m512i codes, __m512i& w0, __m512i
                                     widen_fp8x16(_mm512_extracti32x4_epi32(codes, 0)));
   w1 = (__m512i)_mm512_cvtne2ps_pbh(widen_fp8x16(_mm512_extracti32x4_epi32(codes, 3)),
                                     widen_fp8x16(_mm512_extracti32x4_epi32(codes, 2)));
+}
+#else
+// Neither VBMI nor BF16 (Skylake/Cascade Lake): the FP32 widenings' high halves (exact: FP8 values
+// fit BF16), packed within 128-bit lanes, so permuted (the FP8 tiles' packing probes the order,
+// fp8_tile_source in matmul.cpp).
+inline void widen_fp8x64_bf16(const Fp8Lut&, __m512i codes, __m512i& w0, __m512i& w1) {
+  auto high = [&](int i) {
+    return _mm512_srli_epi32(_mm512_castps_si512(widen_fp8x16(_mm512_extracti32x4_epi32(codes, i))), 16);
+  };
+  w0 = _mm512_packus_epi32(high(0), high(1));
+  w1 = _mm512_packus_epi32(high(2), high(3));
 }
 #endif
 #endif
@@ -166,11 +140,6 @@ inline void transpose16x16_epi32(__m512i r[16]) {
     r[4 + j] = _mm512_shuffle_i32x4(a_odd, b_odd, 0x88);
     r[12 + j] = _mm512_shuffle_i32x4(a_odd, b_odd, 0xDD);
   }
-}
-
-inline __m512i load_codes64(const uint8_t* p, int n) {
-  return n >= 64 ? _mm512_loadu_si512(p)
-                 : _mm512_maskz_loadu_epi8(n <= 0 ? __mmask64(0) : __mmask64((uint64_t(1) << n) - 1), p);
 }
 
 // Loads of n ≤ 16 bytes/floats, zero-filled beyond n.

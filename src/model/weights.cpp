@@ -13,14 +13,19 @@ namespace {
 
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, const ModelConfig& c) : ckpt_(ckpt), config_(c) {}
+  Loader(const Checkpoint& ckpt, const ModelConfig& c, std::vector<std::vector<uint8_t>>& tiles)
+      : ckpt_(ckpt), config_(c), tiles_(tiles) {}
 
+  // The codes stay mapped (the exact twins and dequantize read them); the kernels read their tiles.
   Fp8Matrix fp8(const std::string& name, const std::vector<int64_t>& shape) {
     auto codes = ckpt_.tensor(name, Dtype::F8_E4M3, shape);
     auto scales = ckpt_.tensor(scale_name(name), Dtype::F32, scale_shape(shape));
     Checkpoint::prefetch(codes);
     bytes_ += codes.size() + scales.size();
-    return Fp8Matrix{codes, {reinterpret_cast<const float*>(scales.data()), scales.size() / 4}, int(shape[0]), int(shape[1])};
+    Fp8Matrix w{codes, {reinterpret_cast<const float*>(scales.data()), scales.size() / 4}, int(shape[0]), int(shape[1]), {}};
+    tiles_.push_back(kernels::pack_fp8_tiles(w));
+    w.tiles = tiles_.back();
+    return w;
   }
   Bf16Matrix bf16m(const std::string& name, const std::vector<int64_t>& shape) {
     auto v = ckpt_.tensor(name, Dtype::BF16, shape);
@@ -53,6 +58,7 @@ class Loader {
  private:
   const Checkpoint& ckpt_;
   const ModelConfig& config_;
+  std::vector<std::vector<uint8_t>>& tiles_;
   size_t bytes_ = 0;
 };
 
@@ -73,7 +79,7 @@ ModelWeights ModelWeights::load(const std::filesystem::path& dir, const LoadOpti
   m.config = ModelConfig::load(dir);
   m.checkpoint_ = std::make_shared<Checkpoint>(Checkpoint::open(dir));
   const auto& c = m.config;
-  Loader load(*m.checkpoint_, c);
+  Loader load(*m.checkpoint_, c, m.fp8_tiles_);
   const int64_t d = c.hidden_size, h = c.num_attention_heads;
   m.embed = load.bf16m("model.embed_tokens.weight", {c.vocab_size, d});
   m.lm_head = load.bf16m("lm_head.weight", {c.vocab_size, d});

@@ -55,6 +55,10 @@ struct LoadOptions {
 class ModelWeights {
  public:
   static ModelWeights load(const std::filesystem::path& dir, const LoadOptions& options = {});
+  ModelWeights(ModelWeights&&) = default;  // (the views stay valid: the buffers move with it)
+  ModelWeights& operator=(ModelWeights&&) = default;
+  ModelWeights(const ModelWeights&) = delete;  // the tiles' views would point into the original
+  ModelWeights& operator=(const ModelWeights&) = delete;
 
   ModelConfig config;
   Bf16Matrix embed, lm_head;
@@ -62,7 +66,9 @@ class ModelWeights {
   std::vector<LayerWeights> layers;
 
  private:
+  ModelWeights() = default;
   std::shared_ptr<Checkpoint> checkpoint_;  // keeps the mmaps that the views point into
+  std::vector<std::vector<uint8_t>> fp8_tiles_;  // the FP8 linears' kernel tiles (Fp8Matrix::tiles)
 };
 
 // The bytes `load` would map for one process that owns `experts_owned` of each layer's routed experts.

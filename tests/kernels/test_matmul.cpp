@@ -39,7 +39,13 @@ uint64_t fresh_seed() {
 struct Weight {
   std::vector<uint8_t> codes;
   std::vector<float> scales;
+  std::vector<uint8_t> tiles;  // the kernels' layout, where this build's kernels read it
   Fp8Matrix m;
+  void set(int N, int K) {
+    m = Fp8Matrix{codes, scales, N, K, {}};
+    tiles = kernels::pack_fp8_tiles(m);
+    m.tiles = tiles;
+  }
 };
 
 // Random FP8 codes: mostly uniform over finite codes, with many subnormal and extreme codes.
@@ -63,7 +69,7 @@ Weight make_weight(int N, int K, std::mt19937_64& rng) {
   w.scales.resize(size_t(nb) * kb);
   std::uniform_real_distribution<float> e(-14, 4), f(1, 2);
   for (auto& s : w.scales) s = std::exp2(std::round(e(rng))) * f(rng);  // several orders of magnitude
-  w.m = Fp8Matrix{w.codes, w.scales, N, K};
+  w.set(N, K);
   return w;
 }
 
@@ -397,7 +403,7 @@ TEST(Kernels, DecodeWithLargeActivations) {
   Weight sub;
   sub.codes.assign(w.codes.begin() + size_t(r0) * K, w.codes.begin() + size_t(r0 + rows) * K);
   sub.scales.assign(w.scales.begin() + size_t(r0 / kQuantBlock) * kb, w.scales.begin() + size_t(r0 / kQuantBlock + 1) * kb);
-  sub.m = Fp8Matrix{sub.codes, sub.scales, rows, K};
+  sub.set(rows, K);
   for (int M : {5, 8}) {
     SCOPED_TRACE("M " + std::to_string(M));
     const auto x = make_x(M, K, rng);

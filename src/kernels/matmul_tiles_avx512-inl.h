@@ -1,0 +1,311 @@
+// The AVX-512 kernels for FP8 weights, which read the weights as tiles (pack_fp8_tiles): each
+// 128 × 128 block stored as 64 k-pairs × 128 outputs × 2 codes, so that a vector of widened codes
+// holds 16 outputs' pairs (k, k+1) and the activations are broadcast. Included by matmul.cpp
+// inside its anonymous namespace.
+//
+// Batch invariance without a lane tree: per output n and 128-block b, one chain from zero over the
+// block's pairs in k order (vdpbf16ps of the pair under DeepSeek numerics with AVX512-BF16; else two
+// FMAs, k then k+1), that block sum times the block's scale added to the output's FP32 sum, block
+// after block. The decode kernels (outputs across the lanes, weights streamed) and the prefill
+// microkernel (the same, a tile dequantized once for up to 128 activation rows) do exactly that,
+// operand for operand, so a row's result depends neither on M nor on the split into items.
+//
+// Before the tiles, the kernels read the checkpoint's [n][k] rows with k across the lanes, which
+// needs a fixed tree over the lanes per output; the prefill microkernel spent a quarter of its
+// time keeping that tree's partial sums (docs/PERFORMANCE.md).
+#pragma once
+
+#ifndef EPS_KERNELS_AVX512
+#error "matmul_tiles_avx512-inl.h is part of matmul.cpp"
+#endif
+
+constexpr int kTileN = 128;                            // outputs per tile
+constexpr int kTilePairs = kQuantBlock / 2;            // k-pairs per tile
+constexpr size_t kTileBytes = size_t(kTileN) * kQuantBlock;  // one byte per code
+constexpr int kTileRowBytes = 2 * kTileN;              // one k-pair of the tile's 128 outputs
+constexpr int kDecodePrefetchBytes = 4096;             // (0 to 16 KB measured within 10% on Zen 5)
+
+// Byte position, within each 64 codes of a tile, of the code that simd::widen_fp8x64_bf16 puts at
+// BF16 position P (its table widening permutes within 128-bit lanes): found once by widening codes
+// 0..63, whose values are distinct.
+const std::array<uint8_t, 64>& fp8_tile_source() {
+  static const std::array<uint8_t, 64> source = [] {
+    alignas(64) uint8_t codes[64];
+    for (int j = 0; j < 64; ++j) codes[j] = uint8_t(j);
+    const auto& t = fp8_tables();
+    const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
+    __m512i w[2];
+    simd::widen_fp8x64_bf16(lut, _mm512_load_si512(codes), w[0], w[1]);
+    alignas(64) uint16_t out[64];
+    _mm512_store_si512(out, w[0]);
+    _mm512_store_si512(out + 32, w[1]);
+    std::array<uint8_t, 64> s{};
+    for (int P = 0; P < 64; ++P) {
+      int found = -1;
+      for (int j = 0; j < 64; ++j)
+        if (float_to_bf16(fp8_e4m3_table()[j] / simd::kWiden64Scale).bits == out[P]) found = j;
+      EPS_REQUIRE(found >= 0, "fp8 tiles: the widening's order could not be probed");
+      s[size_t(P)] = uint8_t(found);
+    }
+    return s;
+  }();
+  return source;
+}
+
+// The 64 codes at p (within a tile) as BF16 pairs of 16 + 16 outputs, in order.
+inline void widen_tile64(const simd::Fp8Lut& lut, const uint8_t* p, __m512i& w0, __m512i& w1) {
+  simd::widen_fp8x64_bf16(lut, _mm512_loadu_si512(p), w0, w1);
+}
+// A vector of 16 BF16 pairs → the 16 first (k) and the 16 second (k + 1) values as floats.
+inline __m512 pair_first(__m512i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)); }
+inline __m512 pair_second(__m512i v) {
+  return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(int32_t(0xffff0000u))));
+}
+
+// What multiplies block b's sum for activation row m and weight rows n0 (within one scale block):
+// DeepSeek, (x scale · w scale) rounded as the twin rounds it, times the powers of two the
+// widenings left out (2^8 for the activations, kWiden64Scale for the weights; exact); exact
+// numerics, the weight's scale.
+inline float tile_scale(const Activations& a, const Weight& w, int m, int n0, int b) {
+  const float ws = w.scales[size_t(n0 / kQuantBlock) * a.kb + b];
+  return a.deepseek ? (a.xscale[size_t(m) * a.kb + b] * ws) * (simd::kFp8WidenScale * simd::kWiden64Scale)
+                    : ws * simd::kWiden64Scale;
+}
+
+// Activation row m, pair kp of block b: the BF16 pair (kDot) or the two floats.
+inline __m512bh x_pair(const Activations& a, int m, int b, int kp) {
+  return (__m512bh)_mm512_set1_epi32(int32_t(a.xt[size_t(m) * a.kb * kTilePairs + size_t(b) * kTilePairs + kp]));
+}
+inline const float* x_floats(const Activations& a, int m, int b) {
+  return a.xf + size_t(m) * a.kb * kQuantBlock + size_t(b) * kQuantBlock;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode: outputs [n, n + 16·NV) of one tile row (n a multiple of 32) for all M activation rows,
+// the tiles of every block streamed in turn.
+template <int M, int NV, bool kDot>
+void decode_tile_columns(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, const Out& y) {
+  static_assert(NV % 2 == 0);
+  const int nb = n / kTileN, c0 = n % kTileN;
+  __m512 total[M][NV];
+  for (auto& row : total)
+    for (auto& v : row) v = _mm512_setzero_ps();
+  for (int b = 0; b < a.kb; ++b) {
+    const uint8_t* tile = w.tiles + (size_t(nb) * a.kb + b) * kTileBytes + 2 * c0;
+    __m512 acc[M][NV];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_ps();
+    const float* xf[M];
+    if constexpr (!kDot)
+      for (int m = 0; m < M; ++m) xf[m] = x_floats(a, m, b);
+#pragma GCC unroll 2  // (measured 1.3× faster than one pair per iteration on Zen 5, BF16 dot)
+    for (int kp = 0; kp < kTilePairs; ++kp) {
+      const uint8_t* row = tile + size_t(kp) * kTileRowBytes;
+      __m512i wv[NV];
+#pragma GCC unroll 4
+      for (int g = 0; g < NV / 2; ++g) {
+        _mm_prefetch(reinterpret_cast<const char*>(row + 64 * g + kDecodePrefetchBytes), _MM_HINT_T0);
+        widen_tile64(lut, row + 64 * g, wv[2 * g], wv[2 * g + 1]);
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        if constexpr (kDot) {
+#ifdef EPS_KERNELS_BF16DOT
+          const __m512bh xp = x_pair(a, m, b, kp);
+#pragma GCC unroll 8
+          for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], xp, (__m512bh)wv[v]);
+#endif
+        } else {
+          const __m512 x0 = _mm512_set1_ps(xf[m][2 * kp]), x1 = _mm512_set1_ps(xf[m][2 * kp + 1]);
+#pragma GCC unroll 8
+          for (int v = 0; v < NV; ++v) {
+            acc[m][v] = _mm512_fmadd_ps(x0, pair_first(wv[v]), acc[m][v]);
+            acc[m][v] = _mm512_fmadd_ps(x1, pair_second(wv[v]), acc[m][v]);
+          }
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      const __m512 s = _mm512_set1_ps(tile_scale(a, w, m, n, b));
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) total[m][v] = _mm512_fmadd_ps(acc[m][v], s, total[m][v]);
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int v = 0; v < NV; ++v) {
+      const __m512 out = a.deepseek ? simd::round_to_bf16x16(total[m][v]) : total[m][v];
+      _mm512_mask_storeu_ps(y.row(m) + n + 16 * v, simd::first_lanes16(w.N - n - 16 * v), out);
+    }
+}
+
+// Outputs [n0, n1) (n0 a multiple of 32; n1 too, or N), as wide a column run per call as the
+// registers allow. (Columns past N are zeros in the tiles and never stored.)
+template <int M, bool kDot>
+void decode_tiles_m(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
+  constexpr int kWide = M <= 2 ? 8 : M <= 4 ? 4 : 2;  // vectors of 16 outputs per call
+  const auto& t = fp8_tables();
+  const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
+  const int end = n1 == w.N ? ceil_div(n1, 32) * 32 : n1;  // the last run may reach into the padding
+  for (int n = n0; n < n1;) {
+    const int left_in_tile = kTileN - n % kTileN, left = end - n;
+    if (kWide >= 8 && left_in_tile >= 128 && left >= 128) {
+      decode_tile_columns<M, 8, kDot>(a, w, lut, n, y);
+      n += 128;
+    } else if (kWide >= 4 && left_in_tile >= 64 && left >= 64) {
+      decode_tile_columns<M, 4, kDot>(a, w, lut, n, y);
+      n += 64;
+    } else {
+      decode_tile_columns<M, 2, kDot>(a, w, lut, n, y);
+      n += 32;
+    }
+  }
+}
+
+template <bool kDot>
+void decode_tiles_dot(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
+  switch (a.M) {
+    case 1: return decode_tiles_m<1, kDot>(a, w, n0, n1, y);
+    case 2: return decode_tiles_m<2, kDot>(a, w, n0, n1, y);
+    case 3: return decode_tiles_m<3, kDot>(a, w, n0, n1, y);
+    case 4: return decode_tiles_m<4, kDot>(a, w, n0, n1, y);
+    case 5: return decode_tiles_m<5, kDot>(a, w, n0, n1, y);
+    case 6: return decode_tiles_m<6, kDot>(a, w, n0, n1, y);
+    case 7: return decode_tiles_m<7, kDot>(a, w, n0, n1, y);
+    case 8: return decode_tiles_m<8, kDot>(a, w, n0, n1, y);
+    default: EPS_REQUIRE(false, "decode_tiles: M out of range");
+  }
+}
+
+void decode_tiles(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
+  if (a.xt) return decode_tiles_dot<true>(a, w, n0, n1, y);
+  decode_tiles_dot<false>(a, w, n0, n1, y);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill: one tile row (128 outputs) × up to 128 activation rows per item. Each block's tile is
+// dequantized once into L1 (BF16 pairs [64][128], or floats [128][128] in k order for the FMA
+// path), then a 6 × 64 register-blocked microkernel (six activation rows broadcast, four vectors
+// of 16 outputs: 24 independent chains) runs over it, adding each block's sums into an FP32 tile
+// of the item's outputs, [row][128].
+constexpr int kMicroRows = 6;
+constexpr int kMicroVectors = 4;  // 64 outputs
+
+template <int MR, bool kDot>
+inline void micro_tile(const Activations& a, int m0, int b, const void* wt, int c0, float* ct, const float* s) {
+  __m512 acc[MR][kMicroVectors];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < kMicroVectors; ++v) acc[i][v] = _mm512_setzero_ps();
+  if constexpr (kDot) {
+#ifdef EPS_KERNELS_BF16DOT
+    const uint32_t* wp = static_cast<const uint32_t*>(wt) + c0;
+    const uint32_t* xr[MR];
+    for (int i = 0; i < MR; ++i) xr[i] = a.xt + size_t(m0 + i) * a.kb * kTilePairs + size_t(b) * kTilePairs;
+#pragma GCC unroll 2
+    for (int kp = 0; kp < kTilePairs; ++kp) {
+      __m512bh wv[kMicroVectors];
+#pragma GCC unroll 4
+      for (int v = 0; v < kMicroVectors; ++v) wv[v] = (__m512bh)_mm512_load_si512(wp + size_t(kp) * kTileN + 16 * v);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        const __m512bh xp = (__m512bh)_mm512_set1_epi32(int32_t(xr[i][kp]));
+#pragma GCC unroll 4
+        for (int v = 0; v < kMicroVectors; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], xp, wv[v]);
+      }
+    }
+#endif
+  } else {
+    const float* wp = static_cast<const float*>(wt) + c0;
+    const float* xr[MR];
+    for (int i = 0; i < MR; ++i) xr[i] = x_floats(a, m0 + i, b);
+#pragma GCC unroll 2
+    for (int k = 0; k < kQuantBlock; ++k) {
+      __m512 wv[kMicroVectors];
+#pragma GCC unroll 4
+      for (int v = 0; v < kMicroVectors; ++v) wv[v] = _mm512_load_ps(wp + size_t(k) * kTileN + 16 * v);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        const __m512 xv = _mm512_set1_ps(xr[i][k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < kMicroVectors; ++v) acc[i][v] = _mm512_fmadd_ps(xv, wv[v], acc[i][v]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    const __m512 si = _mm512_set1_ps(s[i]);
+#pragma GCC unroll 4
+    for (int v = 0; v < kMicroVectors; ++v) {
+      float* c = ct + size_t(i) * kTileN + c0 + 16 * v;
+      _mm512_store_ps(c, _mm512_fmadd_ps(acc[i][v], si, _mm512_load_ps(c)));
+    }
+  }
+}
+
+template <bool kDot>
+void micro_tile_rows(const Activations& a, int m0, int rows, int b, const void* wt, int c0, float* ct, const float* s) {
+  int i = 0;
+  for (; i + kMicroRows <= rows; i += kMicroRows)
+    micro_tile<kMicroRows, kDot>(a, m0 + i, b, wt, c0, ct + size_t(i) * kTileN, s + i);
+  switch (rows - i) {
+    case 5: return micro_tile<5, kDot>(a, m0 + i, b, wt, c0, ct + size_t(i) * kTileN, s + i);
+    case 4: return micro_tile<4, kDot>(a, m0 + i, b, wt, c0, ct + size_t(i) * kTileN, s + i);
+    case 3: return micro_tile<3, kDot>(a, m0 + i, b, wt, c0, ct + size_t(i) * kTileN, s + i);
+    case 2: return micro_tile<2, kDot>(a, m0 + i, b, wt, c0, ct + size_t(i) * kTileN, s + i);
+    case 1: return micro_tile<1, kDot>(a, m0 + i, b, wt, c0, ct + size_t(i) * kTileN, s + i);
+    default: return;
+  }
+}
+
+// Tile (nb, b) widened: BF16 pairs [64][128] (kDot) or floats [128][128], k in order.
+void widen_tile(const Weight& w, const simd::Fp8Lut& lut, int nb, int b, bool dot, void* out) {
+  const uint8_t* tile = w.tiles + (size_t(nb) * w.kb + b) * kTileBytes;
+  for (int kp = 0; kp < kTilePairs; ++kp)
+    for (int g = 0; g < kTileN / 32; ++g) {
+      __m512i w0, w1;
+      widen_tile64(lut, tile + size_t(kp) * kTileRowBytes + 64 * g, w0, w1);
+      if (dot) {
+        uint32_t* d = static_cast<uint32_t*>(out) + size_t(kp) * kTileN + 32 * g;
+        _mm512_store_si512(d, w0);
+        _mm512_store_si512(d + 16, w1);
+      } else {
+        float* d = static_cast<float*>(out) + size_t(2 * kp) * kTileN + 32 * g;
+        _mm512_store_ps(d, pair_first(w0));
+        _mm512_store_ps(d + 16, pair_first(w1));
+        _mm512_store_ps(d + kTileN, pair_second(w0));
+        _mm512_store_ps(d + kTileN + 16, pair_second(w1));
+      }
+    }
+}
+
+// Outputs [n0, n0 + 128) ∩ [0, N) × activation rows [m0, m1).
+void prefill_tiles_item(const Activations& a, const Weight& w, int n0, int m0, int m1, const Out& y) {
+  const int rows = m1 - m0, nb = n0 / kTileN, cols = std::min(kTileN, w.N - n0);
+  const bool dot = a.xt != nullptr;
+  float* ct = tl_tile.get<float>(size_t(rows) * kTileN);
+  std::memset(ct, 0, sizeof(float) * size_t(rows) * kTileN);
+  void* wt = tl_weights.get<float>(size_t(kQuantBlock) * kTileN);
+  const auto& t = fp8_tables();
+  const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
+  float s[kPanel * kItemPanels];
+  for (int b = 0; b < a.kb; ++b) {
+    widen_tile(w, lut, nb, b, dot, wt);
+    for (int i = 0; i < rows; ++i) s[i] = tile_scale(a, w, m0 + i, n0, b);
+    for (int c0 = 0; c0 < cols; c0 += kMicroVectors * 16) {
+      if (dot) micro_tile_rows<true>(a, m0, rows, b, wt, c0, ct, s);
+      else micro_tile_rows<false>(a, m0, rows, b, wt, c0, ct, s);
+    }
+  }
+  for (int i = 0; i < rows; ++i) {
+    float* out = y.row(m0 + i) + n0;
+    for (int c = 0; c < cols; c += 16) {
+      __m512 v = _mm512_load_ps(ct + size_t(i) * kTileN + c);
+      if (a.deepseek) v = simd::round_to_bf16x16(v);
+      _mm512_mask_storeu_ps(out + c, simd::first_lanes16(cols - c), v);
+    }
+  }
+}
