@@ -40,7 +40,8 @@ struct Fp8Weight {
     for (auto& c : codes) c = uint8_t(rng() % 0x7e) | (rng() & 1 ? 0x80 : 0);
     for (auto& s : scales) s = 1e-3f * float(1 + rng() % 100);
     m = Fp8Matrix{codes, scales, N, K, {}};
-    tiles = kernels::pack_fp8_tiles(m);
+    tiles.resize(kernels::fp8_tiles_bytes(m.rows, m.cols));
+    kernels::pack_fp8_tiles(m, tiles);
     m.tiles = tiles;
   }
 };

@@ -127,11 +127,6 @@ struct Weight {
   bool is_bf16() const { return bf16 != nullptr; }
 };
 
-#ifdef EPS_KERNELS_AVX512
-size_t fp8_tiles_bytes(int rows, int cols) {
-  return size_t(ceil_div(rows, kQuantBlock)) * ceil_div(cols, kQuantBlock) * kQuantBlock * kQuantBlock;
-}
-#endif
 
 Weight view(const Fp8Matrix& w) {
   EPS_REQUIRE(w.codes.size() >= size_t(w.rows) * w.cols, "matmul_fp8: weight codes too small");
@@ -963,32 +958,46 @@ void quantize_rows_fp8(std::span<const float> x, int rows, int cols, Fp8Rows& ou
   quantize_rows(x.data(), rows, cols, out, true);
 }
 
-std::vector<uint8_t> pack_fp8_tiles(const Fp8Matrix& w) {
+size_t fp8_tiles_bytes(int rows, int cols) {
+#ifdef EPS_KERNELS_AVX512
+  return size_t(ceil_div(rows, kQuantBlock)) * ceil_div(cols, kQuantBlock) * kQuantBlock * kQuantBlock;
+#else
+  (void)rows, (void)cols;
+  return 0;
+#endif
+}
+
+void pack_fp8_tiles(const Fp8Matrix& w, std::span<uint8_t> out) {
+  EPS_REQUIRE(out.size() == fp8_tiles_bytes(w.rows, w.cols), "pack_fp8_tiles: output of the wrong size");
 #ifdef EPS_KERNELS_AVX512
   EPS_REQUIRE(w.codes.size() >= size_t(w.rows) * w.cols, "pack_fp8_tiles: weight codes too small");
   const int nbs = ceil_div(w.rows, kTileN), kb = ceil_div(w.cols, kQuantBlock);
-  std::vector<uint8_t> out(fp8_tiles_bytes(w.rows, w.cols));
+  // The widening keeps each pair (k, k + 1) together (source positions 2j, 2j + 1 hold codes 2i,
+  // 2i + 1), so the packing moves 16-bit pairs: pair j of each 64 bytes comes from pair word[j].
   const auto& source = fp8_tile_source();
+  std::array<int, 32> word{};
+  for (int j = 0; j < 32; ++j) {
+    EPS_REQUIRE(source[size_t(2 * j)] % 2 == 0 && source[size_t(2 * j) + 1] == source[size_t(2 * j)] + 1,
+                "pack_fp8_tiles: the widening splits pairs");
+    word[size_t(source[size_t(2 * j)] / 2)] = j;
+  }
   const uint8_t* codes = w.codes.data();
-  const long tiles = long(nbs) * kb;
-#pragma omp parallel for schedule(static) if (tiles > 1)
-  for (long t = 0; t < tiles; ++t) {
+  // (One thread: loading calls this for thousands of small matrices, and a parallel region per
+  // matrix cost more in barriers than the packing itself.)
+  for (long t = 0; t < long(nbs) * kb; ++t) {
     const int nb = int(t / kb), b = int(t % kb);
-    uint8_t* tile = out.data() + size_t(t) * kTileBytes;
-    // Each 64 bytes: 32 outputs' pairs (k, k + 1) of one k-pair, at the positions the widening reads.
+    // The block, zero-padded, as pairs [n][64]; then written as [k-pair][n] in the widening's order.
+    alignas(64) uint16_t in[kTileN][kTilePairs] = {};
+    const int rows = std::min(kTileN, w.rows - nb * kTileN), cols = std::min(kQuantBlock, w.cols - b * kQuantBlock);
+    for (int r = 0; r < rows; ++r)
+      std::memcpy(in[r], codes + size_t(nb * kTileN + r) * w.cols + size_t(b) * kQuantBlock, size_t(cols));
+    uint16_t* tile = reinterpret_cast<uint16_t*>(out.data() + size_t(t) * kTileBytes);
     for (int kp = 0; kp < kTilePairs; ++kp)
       for (int g = 0; g < kTileN / 32; ++g) {
-        uint8_t* dst = tile + size_t(kp) * kTileRowBytes + 64 * g;
-        for (int P = 0; P < 64; ++P) {
-          const int n = nb * kTileN + 32 * g + P / 2, k = b * kQuantBlock + 2 * kp + P % 2;
-          dst[source[size_t(P)]] = n < w.rows && k < w.cols ? codes[size_t(n) * w.cols + k] : 0;
-        }
+        uint16_t* dst = tile + size_t(kp) * kTileN + 32 * g;
+        for (int j = 0; j < 32; ++j) dst[j] = in[32 * g + word[size_t(j)]][kp];
       }
   }
-  return out;
-#else
-  (void)w;
-  return {};
 #endif
 }
 

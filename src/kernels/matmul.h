@@ -36,10 +36,11 @@ struct Fp8Matrix {
 
 // The codes of w in the layout the AVX-512 kernels read (docs/ARCHITECTURE.md, "Kernels"): each
 // 128 × 128 block as 64 k-pairs × 128 outputs × 2 codes (zero-padded to whole blocks), so that a
-// product adds each output's terms in one chain over k, in decode and prefill alike. Empty in builds
-// whose kernels read `codes` as stored (AVX2, scalar). The caller owns the bytes and sets
+// product adds each output's terms in one chain over k, in decode and prefill alike. None (0 bytes)
+// in builds whose kernels read `codes` as stored (AVX2, scalar). The caller owns the bytes and sets
 // `w.tiles` to them; they are only valid with the `codes` they were packed from.
-std::vector<uint8_t> pack_fp8_tiles(const Fp8Matrix& w);
+size_t fp8_tiles_bytes(int rows, int cols);
+void pack_fp8_tiles(const Fp8Matrix& w, std::span<uint8_t> out);  // out: fp8_tiles_bytes long
 
 struct Bf16Matrix {
   std::span<const bf16> values;  // [rows, cols]

@@ -84,4 +84,11 @@ void Checkpoint::prefetch(std::span<const uint8_t> bytes) {
   ::madvise(reinterpret_cast<void*>(start), uintptr_t(bytes.data()) + bytes.size() - start, MADV_WILLNEED);
 }
 
+void Checkpoint::release(std::span<const uint8_t> bytes) {
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t start = (uintptr_t(bytes.data()) + page - 1) & ~(page - 1);  // whole pages inside only
+  const uintptr_t end = (uintptr_t(bytes.data()) + bytes.size()) & ~(page - 1);
+  if (end > start) ::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
+}
+
 }  // namespace epserve::model

@@ -25,6 +25,9 @@ class Checkpoint {
   const std::filesystem::path& dir() const { return dir_; }
   // Asks the kernel to read the file pages of these bytes ahead of use.
   static void prefetch(std::span<const uint8_t> bytes);
+  // Drops the process's pages of a mapped tensor that the kernels no longer read (their copy in
+  // another layout is kept instead); a later read maps them in again from the page cache.
+  static void release(std::span<const uint8_t> bytes);
 
  private:
   std::filesystem::path dir_;

@@ -13,19 +13,32 @@ namespace {
 
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, const ModelConfig& c, std::vector<std::vector<uint8_t>>& tiles)
+  Loader(const Checkpoint& ckpt, const ModelConfig& c, HugePageArena& tiles)
       : ckpt_(ckpt), config_(c), tiles_(tiles) {}
 
-  // The codes stay mapped (the exact twins and dequantize read them); the kernels read their tiles.
+  // The matrix with its tiles allocated; they are filled by pack_pending().
   Fp8Matrix fp8(const std::string& name, const std::vector<int64_t>& shape) {
     auto codes = ckpt_.tensor(name, Dtype::F8_E4M3, shape);
     auto scales = ckpt_.tensor(scale_name(name), Dtype::F32, scale_shape(shape));
-    Checkpoint::prefetch(codes);
     bytes_ += codes.size() + scales.size();
     Fp8Matrix w{codes, {reinterpret_cast<const float*>(scales.data()), scales.size() / 4}, int(shape[0]), int(shape[1]), {}};
-    tiles_.push_back(kernels::pack_fp8_tiles(w));
-    w.tiles = tiles_.back();
+    const auto tiles = tiles_.allocate(kernels::fp8_tiles_bytes(w.rows, w.cols));
+    w.tiles = tiles;
+    pending_.push_back({w, tiles});
     return w;
+  }
+  // Packs the tiles of the matrices made since the last call, over the OpenMP threads. The codes
+  // stay mapped (dequantize and the twins read them); where the kernels read tiles, the process
+  // drops its pages of them after packing.
+  void pack_pending() {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      const auto& [w, tiles] = pending_[i];
+      kernels::pack_fp8_tiles(w, tiles);
+      if (tiles.empty()) Checkpoint::prefetch(w.codes);  // the kernels stream the mapped codes
+      else Checkpoint::release(w.codes);                 // the kernels read the tiles
+    }
+    pending_.clear();
   }
   Bf16Matrix bf16m(const std::string& name, const std::vector<int64_t>& shape) {
     auto v = ckpt_.tensor(name, Dtype::BF16, shape);
@@ -58,7 +71,8 @@ class Loader {
  private:
   const Checkpoint& ckpt_;
   const ModelConfig& config_;
-  std::vector<std::vector<uint8_t>>& tiles_;
+  HugePageArena& tiles_;
+  std::vector<std::pair<Fp8Matrix, std::span<uint8_t>>> pending_;
   size_t bytes_ = 0;
 };
 
@@ -79,7 +93,8 @@ ModelWeights ModelWeights::load(const std::filesystem::path& dir, const LoadOpti
   m.config = ModelConfig::load(dir);
   m.checkpoint_ = std::make_shared<Checkpoint>(Checkpoint::open(dir));
   const auto& c = m.config;
-  Loader load(*m.checkpoint_, c, m.fp8_tiles_);
+  m.fp8_tiles_ = std::make_unique<HugePageArena>();
+  Loader load(*m.checkpoint_, c, *m.fp8_tiles_);
   const int64_t d = c.hidden_size, h = c.num_attention_heads;
   m.embed = load.bf16m("model.embed_tokens.weight", {c.vocab_size, d});
   m.lm_head = load.bf16m("lm_head.weight", {c.vocab_size, d});
@@ -115,6 +130,7 @@ ModelWeights ModelWeights::load(const std::filesystem::path& dir, const LoadOpti
         moe.shared = load.mlp(p + "mlp.shared_experts.", d, int64_t(c.moe_intermediate_size) * c.n_shared_experts);
       L.moe = std::move(moe);
     }
+    load.pack_pending();
     m.layers.push_back(std::move(L));
     if (show) std::fprintf(stderr, "\rloading %s: layer %d/%d (%.0f MB mapped)", dir.c_str(), l + 1,
                            c.num_hidden_layers, load.bytes() / 1e6);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "base/bf16.h"
+#include "base/huge_page_arena.h"
 
 #include "kernels/matmul.h"
 #include "model/checkpoint.h"
@@ -68,7 +69,7 @@ class ModelWeights {
  private:
   ModelWeights() = default;
   std::shared_ptr<Checkpoint> checkpoint_;  // keeps the mmaps that the views point into
-  std::vector<std::vector<uint8_t>> fp8_tiles_;  // the FP8 linears' kernel tiles (Fp8Matrix::tiles)
+  std::unique_ptr<HugePageArena> fp8_tiles_;  // the FP8 linears' kernel tiles (Fp8Matrix::tiles)
 };
 
 // The bytes `load` would map for one process that owns `experts_owned` of each layer's routed experts.

@@ -43,7 +43,8 @@ struct Weight {
   Fp8Matrix m;
   void set(int N, int K) {
     m = Fp8Matrix{codes, scales, N, K, {}};
-    tiles = kernels::pack_fp8_tiles(m);
+    tiles.resize(kernels::fp8_tiles_bytes(m.rows, m.cols));
+    kernels::pack_fp8_tiles(m, tiles);
     m.tiles = tiles;
   }
 };
