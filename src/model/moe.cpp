@@ -257,13 +257,20 @@ void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span
   auto& shared = scratch<struct MoeSharedOut>(size_t(T) * d);
   if (w.shared && T > 0) mlp_forward(*w.shared, x, T, shared, mode);
   else std::fill(shared.begin(), shared.end(), 0.0f);
+  // Per output element: 0 + w0·row0 + … + w7·row7, then + shared, in that order; one choice's row
+  // at a time over all of d, so that the loop runs along the rows (vectorized) instead of across them.
 #pragma omp parallel for schedule(static) if (T > 1)
-  for (int t = 0; t < T; ++t)
-    for (int j = 0; j < d; ++j) {
-      float acc = 0;
-      for (int k = 0; k < r.k; ++k) acc += r.weight[size_t(t) * r.k + k] * rows[(size_t(t) * r.k + k) * d + j];
-      out[size_t(t) * d + j] = acc + shared[size_t(t) * d + j];
+  for (int t = 0; t < T; ++t) {
+    float* o = &out[size_t(t) * d];
+    std::fill(o, o + d, 0.0f);
+    for (int k = 0; k < r.k; ++k) {
+      const float wk = r.weight[size_t(t) * r.k + k];
+      const float* row = &rows[(size_t(t) * r.k + k) * d];
+      for (int j = 0; j < d; ++j) o[j] += wk * row[j];
     }
+    const float* sh = &shared[size_t(t) * d];
+    for (int j = 0; j < d; ++j) o[j] += sh[j];
+  }
   round_activations(out.first(size_t(T) * d), mode);
   if (routing_out) *routing_out = r;
 }
