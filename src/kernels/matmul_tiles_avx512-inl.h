@@ -180,7 +180,9 @@ void decode_tiles_dot(const Activations& a, const Weight& w, int n0, int n1, con
 }
 
 void decode_tiles(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
+#ifdef EPS_KERNELS_BF16DOT  // (xt exists only where vdpbf16ps does)
   if (a.xt) return decode_tiles_dot<true>(a, w, n0, n1, y);
+#endif
   decode_tiles_dot<false>(a, w, n0, n1, y);
 }
 
@@ -296,8 +298,13 @@ void prefill_tiles_item(const Activations& a, const Weight& w, int n0, int m0, i
     widen_tile(w, lut, nb, b, dot, wt);
     for (int i = 0; i < rows; ++i) s[i] = tile_scale(a, w, m0 + i, n0, b);
     for (int c0 = 0; c0 < cols; c0 += kMicroVectors * 16) {
-      if (dot) micro_tile_rows<true>(a, m0, rows, b, wt, c0, ct, s);
-      else micro_tile_rows<false>(a, m0, rows, b, wt, c0, ct, s);
+#ifdef EPS_KERNELS_BF16DOT
+      if (dot) {
+        micro_tile_rows<true>(a, m0, rows, b, wt, c0, ct, s);
+        continue;
+      }
+#endif
+      micro_tile_rows<false>(a, m0, rows, b, wt, c0, ct, s);
     }
   }
   for (int i = 0; i < rows; ++i) {
