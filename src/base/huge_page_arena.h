@@ -22,6 +22,7 @@ class HugePageArena {
  public:
   // `bytes` of uninitialized memory, 64-byte aligned, valid as long as the arena.
   std::span<uint8_t> allocate(size_t bytes) {
+    if (bytes == 0) return {};  // (no block for nothing: builds whose kernels read no tiles)
     bytes = (bytes + 63) / 64 * 64;
     if (blocks_.empty() || used_ + bytes > size_) {
       size_ = std::max(kBlockBytes, (bytes + kPageBytes - 1) / kPageBytes * kPageBytes);
