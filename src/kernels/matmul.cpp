@@ -26,6 +26,7 @@
 
 #include "base/error.h"
 #include "base/fp8.h"
+#include "base/parallel.h"
 #include "kernels/matmul.h"
 #include "kernels/simd.h"
 #include "kernels/simd_avx2.h"
@@ -246,8 +247,7 @@ void quantize_rows(const float* x, int rows, int cols, Fp8Rows& out, bool par) {
   out.codes.resize(size_t(rows) * cols);
   out.scales.resize(size_t(rows) * ceil_div(cols, kQuantBlock));
   const bool parallel = par && size_t(rows) * cols >= (size_t(1) << 16) && rows > 1;
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int r = 0; r < rows; ++r) quantize_rows_range(x, r, r + 1, cols, out.codes.data(), out.scales.data());
+  parallel_for(rows, parallel, [&](int r) { quantize_rows_range(x, r, r + 1, cols, out.codes.data(), out.scales.data()); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,8 +271,7 @@ void prepare_from_codes(Activations& a, bool par) {
     a.xd.resize(size_t(M) * K);
     float* xd = a.xd.data();
     const long total = long(M) * K;
-#pragma omp parallel for schedule(static) if (par && total >= (1 << 16))
-    for (long i = 0; i < total; ++i) xd[i] = t.f32[codes[i]];
+    parallel_for(total, par && total >= (1 << 16), [&](long i) { xd[i] = t.f32[codes[i]]; });
     a.x = xd;
     return;
   }
@@ -292,8 +291,7 @@ void prepare_from_codes(Activations& a, bool par) {
   // blocks (positions in k order; zeros past K and for rows past M).
   a.xp_store.resize(size_t(a.panels) * Kp * kPanel);
   float* xp = a.xp_store.data();
-#pragma omp parallel for schedule(static) if (par && a.panels > 1)
-  for (int p = 0; p < a.panels; ++p) {
+  parallel_for(a.panels, par && a.panels > 1, [&](int p) {
     float* dst = xp + size_t(p) * Kp * kPanel;
     const int lanes = panel_lanes(M, p), rows = std::min(lanes, M - p * kPanel);
     for (int k0 = 0; k0 < Kp; k0 += 16)
@@ -314,7 +312,7 @@ void prepare_from_codes(Activations& a, bool par) {
           _mm256_store_ps(d + size_t(8 + c) * kPanel, hi[c]);
         }
       }
-  }
+  });
   a.xp = xp;
 #endif
 }
@@ -329,8 +327,7 @@ void prepare_exact(Activations& a, const float* x, bool par) {
   a.xp_store.resize(size_t(a.panels) * Kp * kPanel);
   float* xp = a.xp_store.data();
   constexpr int kTile = 64;  // transpose in 32 × 64 tiles: reads and writes stay in L1
-#pragma omp parallel for schedule(static) if (par && a.panels > 1)
-  for (int p = 0; p < a.panels; ++p) {
+  parallel_for(a.panels, par && a.panels > 1, [&](int p) {
     float* dst = xp + size_t(p) * Kp * kPanel;
     for (int P0 = 0; P0 < Kp; P0 += kTile) {
       for (int i = 0; i < panel_lanes(M, p); ++i) {
@@ -344,7 +341,7 @@ void prepare_exact(Activations& a, const float* x, bool par) {
         }
       }
     }
-  }
+  });
   a.xp = xp;
 }
 
@@ -378,8 +375,7 @@ void prepare_tile_rows(Activations& a, const float* x, bool par) {
   if (a.deepseek) {
     a.xt_store.resize(size_t(M) * Kpad / 2);
     uint32_t* xt = a.xt_store.data();
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int m = 0; m < M; ++m) {
+    parallel_for(M, parallel, [&](int m) {
       const uint8_t* c = a.codes + size_t(m) * K;
       uint32_t* d = xt + size_t(m) * Kpad / 2;
       for (int k = 0; k < Kpad; k += 32) {
@@ -387,20 +383,19 @@ void prepare_tile_rows(Activations& a, const float* x, bool par) {
         const __m512 hi = simd::widen_fp8x16(simd::load_codes16(c + k + 16, K - k - 16));
         _mm512_store_si512(d + k / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));  // exact: FP8 values fit BF16
       }
-    }
+    });
     a.xt = xt;
     return;
   }
 #endif
   a.xf_store.resize(size_t(M) * Kpad);
   float* xf = a.xf_store.data();
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int m = 0; m < M; ++m) {
+  parallel_for(M, parallel, [&](int m) {
     float* d = xf + size_t(m) * Kpad;
     for (int k = 0; k < Kpad; k += 16)
       _mm512_store_ps(d + k, a.deepseek ? simd::widen_fp8x16(simd::load_codes16(a.codes + size_t(m) * K + k, K - k))
                                         : simd::load_floats16(x + size_t(m) * K + k, K - k));
-  }
+  });
   a.xf = xf;
 }
 #endif
@@ -432,8 +427,7 @@ void prepare_bf16x(Activations& a, const float* x, bool par) {
     for (int t = 0; t < 32; ++t) idx[t] = uint16_t(2 * t + 1);
     high_halves = _mm512_load_si512(idx);
   }
-#pragma omp parallel for schedule(static) if (par && a.panels > 1)
-  for (int p = 0; p < a.panels; ++p) {
+  parallel_for(a.panels, par && a.panels > 1, [&](int p) {
     uint32_t* dst = xpb + size_t(p) * K2 * kPanel;
     const int lanes = panel_lanes(M, p), rows = std::min(lanes, M - p * kPanel);
     for (int k0 = 0; k0 < Kp; k0 += 32)
@@ -453,7 +447,7 @@ void prepare_bf16x(Activations& a, const float* x, bool par) {
         uint32_t* d = dst + size_t(k0 / 2) * kPanel + 16 * g;
         for (int c = 0; c < 16; ++c) _mm512_store_si512(d + size_t(c) * kPanel, v[c]);
       }
-  }
+  });
   a.xpb = xpb;
 #else
   a.xd.resize(size_t(M) * K);
@@ -1051,11 +1045,10 @@ void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode) {
     if (!same) unique.push_back(i);
   }
   const int U = int(unique.size());
-#pragma omp parallel for schedule(dynamic, 1) if (U > 1)
-  for (int u = 0; u < U; ++u) {
+  parallel_for_dynamic(U, U > 1, [&](int u) {
     const int i = unique[size_t(u)];
     prepare(acts[i], tasks[i].x.data(), tasks[i].M, tasks[i].w->cols, deepseek || tasks[i].xq, tasks[i].xq, U == 1, true);
-  }
+  });
   // Phase 2: (task, output block) items, largest products first so that the tail is short.
   std::vector<Job> jobs;
   jobs.reserve(T);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "base/bf16.h"
+#include "base/parallel.h"
 #include "base/scratch.h"
 #include "kernels/simd.h"
 #include "model/attention_core.h"
@@ -205,8 +206,7 @@ void mla_attention(const AttentionWeights& w, const ModelConfig& c, const YarnRo
   std::vector<int> seq_of(static_cast<size_t>(T));
   for (size_t s = 0; s < batch.kv.size(); ++s)
     for (int i = 0; i < batch.count[s]; ++i) seq_of[size_t(batch.first[s] + i)] = int(s);
-#pragma omp parallel for schedule(static) if (T > 1)
-  for (int t = 0; t < T; ++t) {
+  parallel_for(T, T > 1, [&](int t) {
     const int pos = batch.position[t];
     auto src = std::span<float>(kva).subspan(size_t(t) * D.width, D.width);
     auto& row = scratch<struct MlaNewCacheRow>(D.width);
@@ -220,7 +220,7 @@ void mla_attention(const AttentionWeights& w, const ModelConfig& c, const YarnRo
       rope.apply(qr, pos);
       round_activations(qr, mode);
     }
-  }
+  });
 
   const float scale = float(c.softmax_scale());
   auto& o = scratch<struct MlaHeadOut>(size_t(T) * D.heads * D.v);

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "base/error.h"
+#include "base/parallel.h"
 #include "base/scratch.h"
 #include "model/ops.h"
 
@@ -56,22 +57,21 @@ std::vector<float> Model::forward(std::span<const SequenceInput> batch, const Fo
   auto& y = scratch<struct ForwardSublayerOut>(size_t(T) * d);
   {
     Stopwatch sw(profile_.embed);
-#pragma omp parallel for schedule(static) if (T > 1)
-    for (int t = 0; t < T; ++t)
+    parallel_for(T, T > 1, [&](int t) {
       for (int j = 0; j < d; ++j) h[size_t(t) * d + j] = bf16_to_float(weights_.embed.values[size_t(tokens[t]) * d + j]);
+    });
   }
   auto normalize = [&](const std::vector<float>& norm_weight) {
     Stopwatch sw(profile_.norms);
-#pragma omp parallel for schedule(static) if (T > 1)
-    for (int t = 0; t < T; ++t)
+    parallel_for(T, T > 1, [&](int t) {
       rms_norm(std::span<const float>(h).subspan(size_t(t) * d, d), norm_weight, c.rms_norm_eps,
                std::span<float>(x).subspan(size_t(t) * d, d));
+    });
     round_activations(x, mode);
   };
   auto add_residual = [&] {
     const long n = long(h.size());
-#pragma omp parallel for schedule(static) if (T > 1)
-    for (long i = 0; i < n; ++i) h[size_t(i)] += y[size_t(i)];
+    parallel_for(n, T > 1, [&](long i) { h[size_t(i)] += y[size_t(i)]; });
     round_activations(h, mode);
   };
   for (int l = 0; l < c.num_hidden_layers; ++l) {

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "base/error.h"
+#include "base/parallel.h"
 #include "base/scratch.h"
 #include "kernels/simd.h"
 #include "kernels/simd_avx2.h"
@@ -142,13 +143,11 @@ Routing route_tokens(const MoeWeights& w, const ModelConfig& c, std::span<const 
   r.expert.resize(size_t(T) * K);
   r.weight.resize(size_t(T) * K);
   // Tokens are independent: spread over the threads, each with its own buffers.
-#pragma omp parallel if (T > 1)
-  {
+  parallel_ranges(T, T > 1, [&](int t0, int t1) {
     RouteScratch scratch(E, c.n_group, K);
-#pragma omp for schedule(static)
-    for (int t = 0; t < T; ++t)
+    for (int t = t0; t < t1; ++t)
       route_one(w, c, &logits[size_t(t) * E], scratch, &r.expert[size_t(t) * K], &r.weight[size_t(t) * K]);
-  }
+  });
   return r;
 }
 
@@ -228,8 +227,7 @@ void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c
       in.fp8.cols = d;
     }
   }
-#pragma omp parallel for schedule(static) if (T > 1)
-  for (int t = 0; t < T; ++t)
+  parallel_for(T, T > 1, [&](int t) {
     for (int k = 0; k < r.k; ++k) {
       auto& in = inputs[r.expert[size_t(t) * r.k + k]];
       const size_t row = size_t(slot[size_t(t) * r.k + k]);
@@ -240,6 +238,7 @@ void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c
         std::copy_n(xq.scales.begin() + size_t(t) * blocks, blocks, in.fp8.scales.begin() + row * blocks);
       }
     }
+  });
   // The down products write each output row straight to its (token, choice) place in rows.
   rows.resize(size_t(T) * r.k * d);
   out_rows.resize(E);
@@ -259,8 +258,7 @@ void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span
   else std::fill(shared.begin(), shared.end(), 0.0f);
   // Per output element: 0 + w0·row0 + … + w7·row7, then + shared, in that order; one choice's row
   // at a time over all of d, so that the loop runs along the rows (vectorized) instead of across them.
-#pragma omp parallel for schedule(static) if (T > 1)
-  for (int t = 0; t < T; ++t) {
+  parallel_for(T, T > 1, [&](int t) {
     float* o = &out[size_t(t) * d];
     std::fill(o, o + d, 0.0f);
     for (int k = 0; k < r.k; ++k) {
@@ -270,7 +268,7 @@ void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span
     }
     const float* sh = &shared[size_t(t) * d];
     for (int j = 0; j < d; ++j) o[j] += sh[j];
-  }
+  });
   round_activations(out.first(size_t(T) * d), mode);
   if (routing_out) *routing_out = r;
 }
