@@ -1045,7 +1045,11 @@ void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode) {
     if (!same) unique.push_back(i);
   }
   const int U = int(unique.size());
-  parallel_for_dynamic(U, U > 1, [&](int u) {
+  // (Over the threads only when there is enough to prepare: a decode step's handful of rows
+  // prepared serially took less than the parallel region did.)
+  size_t prepared = 0;
+  for (int i : unique) prepared += size_t(tasks[i].M) * tasks[i].w->cols;
+  parallel_for_dynamic(U, U > 1 && prepared >= (size_t(1) << 16), [&](int u) {
     const int i = unique[size_t(u)];
     prepare(acts[i], tasks[i].x.data(), tasks[i].M, tasks[i].w->cols, deepseek || tasks[i].xq, tasks[i].xq, U == 1, true);
   });

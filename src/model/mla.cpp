@@ -192,14 +192,15 @@ void mla_attention(const AttentionWeights& w, const ModelConfig& c, const YarnRo
   auto& qa = scratch<struct MlaQueryLatent>(size_t(T) * c.q_lora_rank);
   auto& q = scratch<struct MlaQueries>(size_t(T) * D.heads * D.qk);
   auto& kva = scratch<struct MlaKvLatent>(size_t(T) * D.width);
-  matmul_fp8(x, T, w.q_a, qa, mode);
+  // The two down-projections of x in one call: x prepared once, one parallel region.
+  const kernels::Fp8MatmulTask down_projections[] = {{x, T, &w.q_a, qa}, {x, T, &w.kv_a, kva}};
+  kernels::matmul_fp8_grouped(down_projections, mode);
   for (int t = 0; t < T; ++t) {
     auto row = std::span<float>(qa).subspan(size_t(t) * c.q_lora_rank, c.q_lora_rank);
     rms_norm(row, w.q_a_norm, c.rms_norm_eps, row);
   }
   round_activations(qa, mode);
   matmul_fp8(qa, T, w.q_b, q, mode);
-  matmul_fp8(x, T, w.kv_a, kva, mode);
 
   // New cache rows: normalized latent and rotated shared key; queries' rotary parts rotated too.
   // Tokens over the threads: each writes its own row of blocks the batch already holds.

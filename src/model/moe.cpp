@@ -187,9 +187,10 @@ void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<Ex
     up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->up, u(e), xq});
   }
   kernels::matmul_fp8_grouped(up_tasks, mode);
-#pragma omp parallel for schedule(dynamic, 8)
-  for (int e = 0; e < E; ++e)
+  // (A decode step's few rows on the calling thread: less than a parallel region costs.)
+  parallel_for_dynamic(E, offset.back() >= (size_t(1) << 15), [&](int e) {
     if (inputs[e].rows > 0) swiglu(g(e), u(e), mode);
+  });
   for (int e = 0; e < E; ++e) {
     if (inputs[e].rows == 0) continue;
     down_tasks.push_back({g(e), inputs[e].rows, &w.experts[e]->down, {}, nullptr, out_rows[size_t(e)]});
