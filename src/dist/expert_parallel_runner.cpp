@@ -70,36 +70,42 @@ void ExpertParallelRunner::run(int layer, const model::MoeWeights& w, const mode
   const auto received = comm_.all_to_all(std::move(send));
   stats_.dispatch_s += since(t0);
 
-  // Gather what arrived per expert, remembering each row's origin for the combine.
+  // Gather what arrived per expert, remembering each row's origin for the combine: the messages
+  // checked and the rows counted per expert first, then copied into one buffer (model::ExpertRows).
   auto t1 = std::chrono::steady_clock::now();
-  std::vector<model::ExpertInput> inputs(c.n_routed_experts);
+  const int E = c.n_routed_experts;
+  std::vector<int> count(size_t(E), 0);
   std::vector<std::vector<std::pair<int, int>>> origin(R);  // per source: (expert, row in that expert)
+  std::vector<uint32_t> arrived(R);
   for (int src = 0; src < R; ++src) {
     const auto& b = received[src];
     EPS_REQUIRE(b.size() >= 4, "dispatch: short message from rank " + std::to_string(src));
-    uint32_t n;
+    uint32_t& n = arrived[size_t(src)];
     std::memcpy(&n, b.data(), 4);
     EPS_REQUIRE(b.size() == 4 + n * (sizeof(Entry) + row_bytes), "dispatch: malformed message from rank " + std::to_string(src));
-    const uint8_t* payload = b.data() + 4 + n * sizeof(Entry);
     for (uint32_t i = 0; i < n; ++i) {
       Entry en;
       std::memcpy(&en, b.data() + 4 + i * sizeof(Entry), sizeof(Entry));
-      EPS_REQUIRE(en.expert < uint32_t(c.n_routed_experts), "dispatch: bad expert id from rank " + std::to_string(src));
-      auto& in = inputs[en.expert];
-      origin[src].push_back({int(en.expert), in.rows++});
-      const uint8_t* row = payload + i * row_bytes;
+      EPS_REQUIRE(en.expert < uint32_t(E), "dispatch: bad expert id from rank " + std::to_string(src));
+      origin[src].push_back({int(en.expert), count[en.expert]++});
+    }
+  }
+  model::ExpertRows buffers(count, d, mode);
+  for (int src = 0; src < R; ++src) {
+    const uint8_t* payload = received[src].data() + 4 + arrived[size_t(src)] * sizeof(Entry);
+    for (uint32_t i = 0; i < arrived[size_t(src)]; ++i) {
+      const auto [e, m] = origin[src][i];
+      const size_t row = buffers.first_row(e) + size_t(m);
+      const uint8_t* in = payload + i * row_bytes;
       if (fp8) {
-        in.fp8.codes.insert(in.fp8.codes.end(), row, row + d);
-        const float* scales = reinterpret_cast<const float*>(row + d);
-        in.fp8.scales.insert(in.fp8.scales.end(), scales, scales + blocks);
-        in.fp8.rows = in.rows;
-        in.fp8.cols = d;
+        std::memcpy(buffers.codes_row(row), in, size_t(d));
+        std::memcpy(buffers.scales_row(row), in + d, 4 * size_t(blocks));
       } else {
-        const float* f = reinterpret_cast<const float*>(row);
-        in.f32.insert(in.f32.end(), f, f + d);
+        std::memcpy(buffers.f32_row(row), in, 4 * size_t(d));
       }
     }
   }
+  const std::vector<model::ExpertInput> inputs = buffers.inputs();
   // Each expert's output rows contiguous, as they go back.
   std::vector<std::vector<float>> outputs(inputs.size());
   std::vector<std::vector<float*>> out_rows(inputs.size());

@@ -458,7 +458,7 @@ void prepare_bf16x(Activations& a, const float* x, bool par) {
 }
 
 // par: whether to use the OpenMP threads (false when called inside a parallel region).
-void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const Fp8Rows* quantized, bool par,
+void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const Fp8RowsView* quantized, bool par,
              bool fp8_weights, bool bf16x = false) {
   a.xk = nullptr;
   a.xb = nullptr;
@@ -477,12 +477,14 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
   a.prefill = use_prefill(M);
   if (bf16x) return prepare_bf16x(a, x, par);
   if (deepseek) {
-    if (!quantized) {
+    if (quantized) {
+      a.codes = quantized->codes.data();
+      a.scales = a.xscale = quantized->scales.data();
+    } else {
       quantize_rows(x, M, K, a.q, par);
-      quantized = &a.q;
+      a.codes = a.q.codes.data();
+      a.scales = a.xscale = a.q.scales.data();
     }
-    a.codes = quantized->codes.data();
-    a.scales = a.xscale = quantized->scales.data();
   }
 #ifdef EPS_KERNELS_AVX512
   if (fp8_weights) return prepare_tile_rows(a, x, par);
@@ -932,7 +934,7 @@ void run_items(const std::vector<Job>& jobs, const std::vector<Item>& items, boo
   }
 }
 
-void matmul_one(const float* x, const Fp8Rows* quantized, int M, const Weight& w, float* y, bool deepseek,
+void matmul_one(const float* x, const Fp8RowsView* quantized, int M, const Weight& w, float* y, bool deepseek,
                 bool bf16x = false) {
   thread_local Activations a;  // buffers reused by the next call from this thread
   prepare(a, x, M, w.K, deepseek, quantized, true, !w.is_bf16(), bf16x);
@@ -1000,7 +1002,7 @@ void matmul_fp8(std::span<const float> x, int M, const Fp8Matrix& w, std::span<f
   matmul_one(x.data(), nullptr, M, view(w), y.data(), mode == Numerics::kDeepSeek);
 }
 
-void matmul_fp8_quantized(const Fp8Rows& x, const Fp8Matrix& w, std::span<float> y) {
+void matmul_fp8_quantized(Fp8RowsView x, const Fp8Matrix& w, std::span<float> y) {
   EPS_REQUIRE(x.cols == w.cols, "matmul_fp8_quantized: x.cols != w.cols");
   EPS_REQUIRE(x.codes.size() >= size_t(x.rows) * x.cols &&
                   x.scales.size() >= size_t(x.rows) * ceil_div(x.cols, kQuantBlock),

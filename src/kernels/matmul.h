@@ -56,12 +56,23 @@ struct Fp8Rows {
   int cols = 0;
 };
 
+// Quantized rows held elsewhere: an Fp8Rows, or a run of rows within a larger buffer (one routed
+// expert's rows among all experts' inputs).
+struct Fp8RowsView {
+  std::span<const uint8_t> codes;  // [rows, cols]
+  std::span<const float> scales;   // [rows, ceil(cols/128)]
+  int rows = 0;
+  int cols = 0;
+  Fp8RowsView() = default;
+  Fp8RowsView(const Fp8Rows& r) : codes(r.codes), scales(r.scales), rows(r.rows), cols(r.cols) {}  // NOLINT: implicit
+};
+
 void quantize_rows_fp8(std::span<const float> x, int rows, int cols, Fp8Rows& out);
 
 // y[M, w.rows] = x[M, w.cols] · wᵀ.
 void matmul_fp8(std::span<const float> x, int M, const Fp8Matrix& w, std::span<float> y, Numerics mode);
 // DeepSeek numerics on already-quantized rows.
-void matmul_fp8_quantized(const Fp8Rows& x, const Fp8Matrix& w, std::span<float> y);
+void matmul_fp8_quantized(Fp8RowsView x, const Fp8Matrix& w, std::span<float> y);
 
 // Many independent products in one parallel region (one per routed expert, say): small M per task
 // still keeps both cores busy, and each weight is streamed once for all of its task's rows.
@@ -72,7 +83,7 @@ struct Fp8MatmulTask {
   std::span<float> y;        // [M, w->rows]
   // When set: these already-quantized rows (M of them) instead of x, DeepSeek numerics whatever
   // the call's mode (as matmul_fp8_quantized; bit-identical to it).
-  const Fp8Rows* xq = nullptr;
+  const Fp8RowsView* xq = nullptr;
   // When set (M pointers to w->rows floats each): output row m goes to y_rows[m] instead of
   // y[m·w->rows ...] (the same values), so that the caller needs no copy to scatter them.
   std::span<float* const> y_rows = {};

@@ -182,7 +182,7 @@ void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<Ex
     EPS_REQUIRE(w.experts[e].has_value(), "tokens were routed to expert " + std::to_string(e) +
                                               ", which this process does not hold");
     // DeepSeek numerics: the rows quantized at the token's home rank, as they arrived.
-    const kernels::Fp8Rows* xq = mode == Numerics::kDeepSeek ? &inputs[e].fp8 : nullptr;
+    const kernels::Fp8RowsView* xq = mode == Numerics::kDeepSeek ? &inputs[e].fp8 : nullptr;
     up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->gate, g(e), xq});
     up_tasks.push_back({inputs[e].f32, M, &w.experts[e]->up, u(e), xq});
   }
@@ -198,54 +198,64 @@ void run_experts(const MoeWeights& w, const ModelConfig& c, const std::vector<Ex
   kernels::matmul_fp8_grouped(down_tasks, mode);
 }
 
+ExpertRows::ExpertRows(std::span<const int> rows_per_expert, int hidden, Numerics mode)
+    : hidden_(hidden), blocks_(kernels::ceil_div(hidden, kernels::kQuantBlock)), mode_(mode), offset_(rows_per_expert.size() + 1, 0) {
+  for (size_t e = 0; e < rows_per_expert.size(); ++e) offset_[e + 1] = offset_[e] + size_t(rows_per_expert[e]);
+  const size_t rows = offset_.back();
+  f32_ = &scratch<struct ExpertRowsF32>(mode == Numerics::kExact ? rows * hidden : 0);
+  codes_ = &scratch<struct ExpertRowsCodes, uint8_t>(mode == Numerics::kDeepSeek ? rows * hidden : 0);
+  scales_ = &scratch<struct ExpertRowsScales>(mode == Numerics::kDeepSeek ? rows * blocks_ : 0);
+}
+
+std::vector<ExpertInput> ExpertRows::inputs() const {
+  std::vector<ExpertInput> in(offset_.size() - 1);
+  for (size_t e = 0; e < in.size(); ++e) {
+    const size_t first = offset_[e], rows = offset_[e + 1] - first;
+    in[e].rows = int(rows);
+    if (mode_ == Numerics::kExact) {
+      in[e].f32 = std::span<const float>(*f32_).subspan(first * hidden_, rows * hidden_);
+    } else {
+      in[e].fp8.codes = std::span<const uint8_t>(*codes_).subspan(first * hidden_, rows * hidden_);
+      in[e].fp8.scales = std::span<const float>(*scales_).subspan(first * blocks_, rows * blocks_);
+      in[e].fp8.rows = int(rows);
+      in[e].fp8.cols = hidden_;
+    }
+  }
+  return in;
+}
+
 void LocalExpertRunner::run(int layer, const MoeWeights& w, const ModelConfig& c, const Routing& r,
                             std::span<const float> x, int T, Numerics mode, std::vector<float>& rows) {
   const int E = c.n_routed_experts, d = c.hidden_size, blocks = kernels::ceil_div(d, kernels::kQuantBlock);
   // Buffers kept between calls (base/scratch.h says why).
   auto& xq = scratch_object<struct ExpertRunnerQuantized, kernels::Fp8Rows>();
-  auto& inputs = scratch_object<struct ExpertRunnerInputs, std::vector<ExpertInput>>();
   auto& out_rows = scratch_object<struct ExpertRunnerOutRows, std::vector<std::vector<float*>>>();
   if (mode == Numerics::kDeepSeek) kernels::quantize_rows_fp8(x, T, d, xq);
-  // Each (token, choice) gets the next row of its expert's input, in token order; the inputs are then
+  // Each (token, choice) gets the next row of its expert's input, in token order; the rows are then
   // copied in parallel (every copy has its own destination).
-  inputs.resize(E);
-  for (auto& in : inputs) in.rows = 0;
-  auto& slot = scratch<struct ExpertInputSlot, int>(size_t(T) * r.k);
+  auto& count = scratch<struct ExpertRunnerCounts, int>(size_t(E));
+  std::fill(count.begin(), count.end(), 0);
+  auto& slot = scratch<struct ExpertInputSlot, int>(size_t(T) * r.k);  // row within the expert
   for (int t = 0; t < T; ++t)
-    for (int k = 0; k < r.k; ++k) slot[size_t(t) * r.k + k] = inputs[r.expert[size_t(t) * r.k + k]].rows++;
-  // Each expert's input buffers only grow (the products read the first rows · d; resized to the
-  // exact size layer after layer, they were zero-filled again wherever an expert got more rows).
-  auto grow = [](auto& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-  };
-  for (auto& in : inputs) {
-    if (mode == Numerics::kExact) {
-      grow(in.f32, size_t(in.rows) * d);
-    } else {
-      grow(in.fp8.codes, size_t(in.rows) * d);
-      grow(in.fp8.scales, size_t(in.rows) * blocks);
-      in.fp8.rows = in.rows;
-      in.fp8.cols = d;
-    }
-  }
+    for (int k = 0; k < r.k; ++k) slot[size_t(t) * r.k + k] = count[size_t(r.expert[size_t(t) * r.k + k])]++;
+  ExpertRows buffers(count, d, mode);
   parallel_for(T, T > 1, [&](int t) {
     for (int k = 0; k < r.k; ++k) {
-      auto& in = inputs[r.expert[size_t(t) * r.k + k]];
-      const size_t row = size_t(slot[size_t(t) * r.k + k]);
+      const size_t i = size_t(t) * r.k + k, row = buffers.first_row(r.expert[i]) + size_t(slot[i]);
       if (mode == Numerics::kExact) {
-        std::copy_n(x.begin() + size_t(t) * d, d, in.f32.begin() + row * d);
+        std::copy_n(x.begin() + size_t(t) * d, d, buffers.f32_row(row));
       } else {
-        std::copy_n(xq.codes.begin() + size_t(t) * d, d, in.fp8.codes.begin() + row * d);
-        std::copy_n(xq.scales.begin() + size_t(t) * blocks, blocks, in.fp8.scales.begin() + row * blocks);
+        std::copy_n(xq.codes.begin() + size_t(t) * d, d, buffers.codes_row(row));
+        std::copy_n(xq.scales.begin() + size_t(t) * blocks, blocks, buffers.scales_row(row));
       }
     }
   });
   // The down products write each output row straight to its (token, choice) place in rows.
   rows.resize(size_t(T) * r.k * d);
   out_rows.resize(E);
-  for (int e = 0; e < E; ++e) out_rows[size_t(e)].resize(size_t(inputs[e].rows));
+  for (int e = 0; e < E; ++e) out_rows[size_t(e)].resize(size_t(count[size_t(e)]));
   for (size_t i = 0; i < size_t(T) * r.k; ++i) out_rows[size_t(r.expert[i])][size_t(slot[i])] = rows.data() + i * d;
-  run_experts(w, c, inputs, out_rows, mode);
+  run_experts(w, c, buffers.inputs(), out_rows, mode);
 }
 
 void moe_forward(const MoeWeights& w, const ModelConfig& c, int layer, std::span<const float> x, int T,

@@ -27,11 +27,37 @@ void mlp_forward(const MlpWeights& w, std::span<const float> x, int T, std::span
 
 // The inputs of one routed expert, as DeepSeek dispatches them: FP32 rows in exact numerics; FP8
 // rows with their per-128-channel scales in DeepSeek numerics (quantized once, at the token's home
-// rank, so that one rank and many ranks compute with the same numbers).
+// rank, so that one rank and many ranks compute with the same numbers). Views: the runners keep all
+// experts' rows in one buffer, expert after expert (ExpertRowBuffers).
 struct ExpertInput {
   int rows = 0;
-  std::vector<float> f32;   // [rows, hidden], exact numerics
-  kernels::Fp8Rows fp8;     // [rows, hidden], DeepSeek numerics
+  std::span<const float> f32;  // [rows, hidden], exact numerics
+  kernels::Fp8RowsView fp8;    // [rows, hidden], DeepSeek numerics
+};
+
+// Every routed expert's input rows in one buffer, expert after expert (expert e's from row
+// first_row(e)). The buffers are the calling thread's and only grow with the total row count:
+// per-expert vectors grew whenever an expert got more rows than ever before, and each growth
+// faulted in fresh pages (about 10 µs a page on these PVM guests: 5–25 ms per MoE layer of a
+// 2,048-token prefill).
+class ExpertRows {
+ public:
+  // Room for rows_per_expert[e] rows of expert e, FP32 (exact numerics) or FP8 codes and scales.
+  ExpertRows(std::span<const int> rows_per_expert, int hidden, kernels::Numerics mode);
+  size_t first_row(int e) const { return offset_[size_t(e)]; }
+  float* f32_row(size_t row) { return f32_->data() + row * hidden_; }
+  uint8_t* codes_row(size_t row) { return codes_->data() + row * hidden_; }
+  float* scales_row(size_t row) { return scales_->data() + row * blocks_; }
+  // One input per expert, views of these buffers (valid while they are not resized).
+  std::vector<ExpertInput> inputs() const;
+
+ private:
+  int hidden_, blocks_;
+  kernels::Numerics mode_;
+  std::vector<size_t> offset_;  // [experts + 1]
+  std::vector<float>* f32_;
+  std::vector<uint8_t>* codes_;
+  std::vector<float>* scales_;
 };
 
 // Runs the routed experts on their gathered inputs: row m of expert e's output (hidden floats,

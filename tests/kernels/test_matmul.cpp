@@ -631,8 +631,9 @@ TEST(Kernels, RowResultsDoNotDependOnBatch) {
 
 namespace {
 
-// Tasks with already-quantized rows (what the routed experts receive): bit-identical to
-// matmul_fp8_quantized per task, in either call mode, mixed with plain tasks.
+// Tasks with already-quantized rows (what the routed experts receive: views of runs of rows in one
+// buffer for all experts): bit-identical to matmul_fp8_quantized per task, in either call mode,
+// mixed with plain tasks.
 TEST(Kernels, GroupedQuantizedEqualsPerTask) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
@@ -649,13 +650,31 @@ TEST(Kernels, GroupedQuantizedEqualsPerTask) {
     xs.push_back(make_x(M, weights[i].m.cols, rng));
     quantize_rows_fp8(xs[i], M, weights[i].m.cols, qs[i]);
   }
+  // Every task's quantized rows back to back in one buffer, each task a view of its run.
+  std::vector<uint8_t> all_codes;
+  std::vector<float> all_scales;
+  std::vector<std::pair<size_t, size_t>> at;
+  for (const auto& q : qs) {
+    at.push_back({all_codes.size(), all_scales.size()});
+    all_codes.insert(all_codes.end(), q.codes.begin(), q.codes.end());
+    all_scales.insert(all_scales.end(), q.scales.begin(), q.scales.end());
+  }
+  std::vector<Fp8RowsView> views;
+  for (size_t i = 0; i < qs.size(); ++i) {
+    Fp8RowsView v;
+    v.codes = std::span<const uint8_t>(all_codes).subspan(at[i].first, qs[i].codes.size());
+    v.scales = std::span<const float>(all_scales).subspan(at[i].second, qs[i].scales.size());
+    v.rows = qs[i].rows;
+    v.cols = qs[i].cols;
+    views.push_back(v);
+  }
   for (auto mode : {Numerics::kExact, Numerics::kDeepSeek}) {
     std::vector<std::vector<float>> ys(20);
     std::vector<Fp8MatmulTask> tasks;
     for (int i = 0; i < 20; ++i) {
       ys[i].assign(size_t(Ms[i]) * weights[i].m.rows, NAN);
       // Odd tasks: quantized rows (x left empty); even: the FP32 rows in the call's mode.
-      if (i % 2) tasks.push_back({{}, Ms[i], &weights[i].m, ys[i], &qs[i]});
+      if (i % 2) tasks.push_back({{}, Ms[i], &weights[i].m, ys[i], &views[i]});
       else tasks.push_back({xs[i], Ms[i], &weights[i].m, ys[i]});
     }
     matmul_fp8_grouped(tasks, mode);
