@@ -211,14 +211,17 @@ void mla_attention(const AttentionWeights& w, const ModelConfig& c, const YarnRo
     const int pos = batch.position[t];
     auto src = std::span<float>(kva).subspan(size_t(t) * D.width, D.width);
     auto& row = scratch<struct MlaNewCacheRow>(D.width);
+    auto& cos = scratch<struct MlaRopeCos>(D.rope / 2);
+    auto& sin = scratch<struct MlaRopeSin>(D.rope / 2);
+    rope.angles(pos, cos, sin);
     rms_norm(src.first(D.lora), w.kv_a_norm, c.rms_norm_eps, std::span<float>(row).first(D.lora));
     std::copy_n(src.begin() + D.lora, D.rope, row.begin() + D.lora);
-    rope.apply(std::span<float>(row).subspan(D.lora, D.rope), pos);
+    rope.rotate(std::span<float>(row).subspan(D.lora, D.rope), cos, sin);
     round_activations(row, mode);
     batch.kv[size_t(seq_of[size_t(t)])]->write_row(layer, pos, row);
     for (int h = 0; h < D.heads; ++h) {
       auto qr = std::span<float>(q).subspan((size_t(t) * D.heads + h) * D.qk + D.nope, D.rope);
-      rope.apply(qr, pos);
+      rope.rotate(qr, cos, sin);
       round_activations(qr, mode);
     }
   });

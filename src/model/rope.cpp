@@ -25,10 +25,17 @@ YarnRope::YarnRope(const ModelConfig& c) {
   }
 }
 
-void YarnRope::apply(std::span<float> x, int pos) const {
+void YarnRope::angles(int pos, std::span<float> cos, std::span<float> sin) const {
   for (size_t i = 0; i < freqs_.size(); ++i) {
     const float angle = float(pos) * freqs_[i];
-    const float c = std::cos(angle), s = std::sin(angle);
+    cos[i] = std::cos(angle);
+    sin[i] = std::sin(angle);
+  }
+}
+
+void YarnRope::rotate(std::span<float> x, std::span<const float> cos, std::span<const float> sin) const {
+  for (size_t i = 0; i < freqs_.size(); ++i) {
+    const float c = cos[i], s = sin[i];
     const float a = x[2 * i], b = x[2 * i + 1];
     x[2 * i] = a * c - b * s;
     x[2 * i + 1] = a * s + b * c;
