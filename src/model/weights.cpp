@@ -13,8 +13,8 @@ namespace {
 
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, const ModelConfig& c, HugePageArena& tiles)
-      : ckpt_(ckpt), config_(c), tiles_(tiles) {}
+  Loader(const Checkpoint& ckpt, const ModelConfig& c, HugePageArena& arena)
+      : ckpt_(ckpt), config_(c), arena_(arena) {}
 
   // The matrix with its tiles allocated; they are filled by pack_pending().
   Fp8Matrix fp8(const std::string& name, const std::vector<int64_t>& shape) {
@@ -22,7 +22,7 @@ class Loader {
     auto scales = ckpt_.tensor(scale_name(name), Dtype::F32, scale_shape(shape));
     bytes_ += codes.size() + scales.size();
     Fp8Matrix w{codes, {reinterpret_cast<const float*>(scales.data()), scales.size() / 4}, int(shape[0]), int(shape[1]), {}};
-    const auto tiles = tiles_.allocate(kernels::fp8_tiles_bytes(w.rows, w.cols));
+    const auto tiles = arena_.allocate(kernels::fp8_tiles_bytes(w.rows, w.cols));
     w.tiles = tiles;
     pending_.push_back({w, tiles});
     return w;
@@ -42,9 +42,14 @@ class Loader {
   }
   Bf16Matrix bf16m(const std::string& name, const std::vector<int64_t>& shape) {
     auto v = ckpt_.tensor(name, Dtype::BF16, shape);
-    Checkpoint::prefetch(v);
     bytes_ += v.size();
-    return Bf16Matrix{{reinterpret_cast<const bf16*>(v.data()), v.size() / 2}, int(shape[0]), int(shape[1])};
+    // A copy in huge pages, the mapped pages dropped: the mapping's 4 KB pages faulted in at first
+    // touch (a prefill's embedding rows, 10-45 ms on a PVM guest) and missed the TLB while the
+    // lm_head streamed (batch-1 decode: its 265 MB in 6.3-6.5 ms mapped, 5.0 ms in huge pages).
+    auto copy = arena_.allocate(v.size());
+    std::memcpy(copy.data(), v.data(), v.size());
+    Checkpoint::release(v);
+    return Bf16Matrix{{reinterpret_cast<const bf16*>(copy.data()), v.size() / 2}, int(shape[0]), int(shape[1])};
   }
   std::vector<float> norm(const std::string& name, int64_t n) {
     auto v = ckpt_.tensor(name, Dtype::BF16, {n});
@@ -71,7 +76,7 @@ class Loader {
  private:
   const Checkpoint& ckpt_;
   const ModelConfig& config_;
-  HugePageArena& tiles_;
+  HugePageArena& arena_;
   std::vector<std::pair<Fp8Matrix, std::span<uint8_t>>> pending_;
   size_t bytes_ = 0;
 };
@@ -93,8 +98,8 @@ ModelWeights ModelWeights::load(const std::filesystem::path& dir, const LoadOpti
   m.config = ModelConfig::load(dir);
   m.checkpoint_ = std::make_shared<Checkpoint>(Checkpoint::open(dir));
   const auto& c = m.config;
-  m.fp8_tiles_ = std::make_unique<HugePageArena>();
-  Loader load(*m.checkpoint_, c, *m.fp8_tiles_);
+  m.arena_ = std::make_unique<HugePageArena>();
+  Loader load(*m.checkpoint_, c, *m.arena_);
   const int64_t d = c.hidden_size, h = c.num_attention_heads;
   m.embed = load.bf16m("model.embed_tokens.weight", {c.vocab_size, d});
   m.lm_head = load.bf16m("lm_head.weight", {c.vocab_size, d});

@@ -58,7 +58,7 @@ class ModelWeights {
   static ModelWeights load(const std::filesystem::path& dir, const LoadOptions& options = {});
   ModelWeights(ModelWeights&&) = default;  // (the views stay valid: the buffers move with it)
   ModelWeights& operator=(ModelWeights&&) = default;
-  ModelWeights(const ModelWeights&) = delete;  // the tiles' views would point into the original
+  ModelWeights(const ModelWeights&) = delete;  // the views into the arena would point into the original
   ModelWeights& operator=(const ModelWeights&) = delete;
 
   ModelConfig config;
@@ -69,7 +69,8 @@ class ModelWeights {
  private:
   ModelWeights() = default;
   std::shared_ptr<Checkpoint> checkpoint_;  // keeps the mmaps that the views point into
-  std::unique_ptr<HugePageArena> fp8_tiles_;  // the FP8 linears' kernel tiles (Fp8Matrix::tiles)
+  // The FP8 linears' kernel tiles (Fp8Matrix::tiles) and copies of the BF16 matrices, in huge pages.
+  std::unique_ptr<HugePageArena> arena_;
 };
 
 // The bytes `load` would map for one process that owns `experts_owned` of each layer's routed experts.
