@@ -76,13 +76,16 @@ struct Scratch {
 };
 thread_local Scratch tl_weights, tl_tile;
 
-// Grows only: activation buffers are reused from call to call (no page faults in steady state).
+// Grows only, at least doubling: activation buffers are reused from call to call (no page faults
+// in steady state). (Grown to the exact size, a grouped call's buffers, one per task, were
+// reallocated whenever a task got more rows than before, and every new buffer faulted in afresh.)
 template <class T>
 struct AlignedVec {
   std::unique_ptr<T[], Scratch::Free> p;
   size_t capacity = 0;
   void resize(size_t n) {
     if (n <= capacity && p) return;
+    n = std::max(n, 2 * capacity);
     p.reset(static_cast<T*>(std::aligned_alloc(64, std::max<size_t>(64, (n * sizeof(T) + 63) / 64 * 64))));
     EPS_REQUIRE(p != nullptr, "matmul: out of memory");
     capacity = n;
