@@ -114,13 +114,15 @@ Hardware cpu_preset(const CpuMeasurement& m) {
   h.gemm_eff = 0.48;         // prefill kernels' multiply-adds (rows padded to 32) vs the dot / FMA peak
 #if defined(__AVX512F__) && defined(__AVX512BW__)
   // NOT FITTED: the AVX-512 prefill kernels read FP8 weights as tiles since 2026-12-02 and run
-  // faster than 0.48 prices them (the held-out 3-layer prefill 1x192 at up to +28%). On a noisy
-  // host, fits to the 8- and 5-layer cases gave 0.69 (gemm alone, decode cases included) and 0.78
-  // (gemm and dequant, prefill cases only), and both put the 3-layer decode of 32 sequences at
-  // -23% to -30%: the row-padding model no longer matches the 6-row microkernel. 0.58 keeps every
-  // 3-layer case within 21% of two measurements (docs/PERFORMANCE.md "Zen 5, 2026-12-02"); a refit
-  // of the prefill model (per-item costs rather than rows padded to 32) is due.
-  h.gemm_eff = 0.58;
+  // faster than 0.48 prices them. 0.58 (set by hand at 07:20 UTC) held the 3-layer cases within 21%
+  // until the prefill work of 08:30-10:00 UTC (page faults of the expert buffers, RoPE, tile prefetch) left
+  // the held-out prefill 1x192 at +51.5%. A refit the same hour (`sim engine --fit`, 8- and 5-layer
+  // cases, decode efficiencies held) gave gemm 1.52, an impossible value: the model's fixed prefill
+  // costs (rows padded to 32, a dequantization per 128-row block, attention) now exceed the
+  // measured time of small prefills, and the 3-layer decode of 16 and 32 sequences came out -32% and
+  // -41%. 0.80 keeps every 3-layer case within 23% in three runs (docs/PERFORMANCE.md "Zen 5,
+  // 2026-12-02 08:30"); the prefill model wants per-item costs before the next fit.
+  h.gemm_eff = 0.80;
 #endif
   h.dequant_eff = 0.0488;    // prefill kernels: an FP8 weight widened per 128-row block costs the
                              // time of ~20 flops at the FMA peak
