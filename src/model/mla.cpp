@@ -17,70 +17,30 @@ using kernels::Numerics;
 
 namespace {
 
-// The absorbed path's loops, over a cache row (FP32 or BF16) or a kv_b_proj row, four rows at a
-// time: a row of 16 floats is one vector, so the compiler keeps four accumulators (or the four
-// rows' updates of one output vector) in registers, where one row at a time re-read and re-stored
-// the output for every row and summed each dot product across the lanes on its own (measured:
-// 60 µs per layer at batch 1, 1.5 ms per layer at 32 sequences).
-inline float to_float(float v) { return v; }
-inline float to_float(bf16 v) { return bf16_to_float(v); }
-constexpr int kChunk = 16;
-
-// out[i] = Σ_c a[c] · rows[i][c] for the R = 1..4 rows, c < n: per row, 16 lane sums over c (in
-// order, a multiply-add each), then the lanes added in order, then the tail (n % 16) in order.
-template <int R, typename Row>
-void dot_rows(const float* a, const Row* const* rows, int n, float* out) {
-  float acc[R][kChunk] = {};
-  const int whole = n / kChunk * kChunk;
-  for (int c = 0; c < whole; c += kChunk)
-    for (int r = 0; r < R; ++r)
-#pragma omp simd
-      for (int l = 0; l < kChunk; ++l) acc[r][l] += a[c + l] * to_float(rows[r][c + l]);
-  for (int r = 0; r < R; ++r) {
-    float sum = 0;
-    for (int l = 0; l < kChunk; ++l) sum += acc[r][l];
-    for (int c = whole; c < n; ++c) sum += a[c] * to_float(rows[r][c]);
-    out[r] = sum;
-  }
+// FP32 dot products and updates over a cache row; `omp simd` lets the compiler keep several
+// partial sums in vector lanes (a plain loop may not reorder a float sum).
+float dot(const float* a, const float* b, int n) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
 }
 
-// out[i] = Σ_{j < count} a[j] · row(j)[i], i < n, j ascending: four rows' terms per pass over out.
-template <typename RowOf>
-void add_scaled_rows(const float* a, int count, RowOf row, float* out, int n) {
-  int j = 0;
-  for (; j + 4 <= count; j += 4) {
-    const auto *r0 = row(j), *r1 = row(j + 1), *r2 = row(j + 2), *r3 = row(j + 3);
-    const float p0 = a[j], p1 = a[j + 1], p2 = a[j + 2], p3 = a[j + 3];
-#pragma omp simd
-    for (int i = 0; i < n; ++i) {
-      float o = out[i];
-      o += p0 * to_float(r0[i]);
-      o += p1 * to_float(r1[i]);
-      o += p2 * to_float(r2[i]);
-      o += p3 * to_float(r3[i]);
-      out[i] = o;
-    }
-  }
-  for (; j < count; ++j) {
-    const auto* r = row(j);
-    const float p = a[j];
-#pragma omp simd
-    for (int i = 0; i < n; ++i) out[i] += p * to_float(r[i]);
-  }
+float dot(const float* a, const bf16* b, int n) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += a[i] * bf16_to_float(b[i]);
+  return s;
 }
 
-// out[j] = Σ_c a[c] · row(j)[c] for j < count, c < n (four rows per pass over a).
-template <typename RowOf>
-void dot_each_row(const float* a, int count, RowOf row, int n, float* out) {
-  int j = 0;
-  for (; j + 4 <= count; j += 4) {
-    const decltype(row(0)) rows[4] = {row(j), row(j + 1), row(j + 2), row(j + 3)};
-    dot_rows<4>(a, rows, n, out + j);
-  }
-  for (; j < count; ++j) {
-    const decltype(row(0)) rows[1] = {row(j)};
-    dot_rows<1>(a, rows, n, out + j);
-  }
+void add_scaled(float p, const float* row, float* out, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) out[i] += p * row[i];
+}
+
+void add_scaled(float p, const bf16* row, float* out, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) out[i] += p * bf16_to_float(row[i]);
 }
 
 struct Dims {
@@ -164,11 +124,10 @@ struct AbsorbedSeq {
 
 // Absorbed path: attention over the latent itself; kv_b_proj folded into query and output. The
 // cache rows are read in place (FP32 or BF16, whichever the pool holds). All sequences of the step
-// in one parallel region (not one per sequence), sequence by sequence and within it head by head,
-// so that a sequence's rows (147 KB at 128 tokens of the bench model in FP32) are read from L2 by
-// all its heads, and the layer's kv_b_proj (512 KB in BF16) stays there too. (Heads outermost, each
-// head re-read every sequence's rows from memory: 1.2–1.5 ms per layer at 32 sequences against
-// 0.9–1.0 now, docs/PERFORMANCE.md.)
+// in one parallel region (not one per sequence), heads split across the threads, so that each
+// head's kv_b_proj slices (64 KB in BF16 on the bench model) are reused from cache by every token
+// of every sequence. (Measured: decode at 8 and 32 sequences within noise of the per-sequence loop;
+// the time is in the per-token dot products.)
 // kvb: kv_b_proj dequantized, FP32 (exact numerics) or BF16 (DeepSeek's).
 template <typename Row, typename Kvb>
 void attend_absorbed_rows(const Kvb* kvb, const Dims& D, float scale, std::span<const AbsorbedSeq> seqs,
@@ -176,31 +135,29 @@ void attend_absorbed_rows(const Kvb* kvb, const Dims& D, float scale, std::span<
                           std::vector<float>& o, Numerics mode) {
   const int S = int(seqs.size());
 #pragma omp parallel for collapse(2) schedule(static)
-  for (int s = 0; s < S; ++s)
-    for (int h = 0; h < D.heads; ++h) {
+  for (int h = 0; h < D.heads; ++h)
+    for (int s = 0; s < S; ++s) {
       const AbsorbedSeq& seq = seqs[size_t(s)];
       const Kvb* U = kvb + size_t(h) * (D.nope + D.v) * D.lora;  // [nope, lora]
       const Kvb* V = U + size_t(D.nope) * D.lora;                // [v, lora]
-      // The query in the cache row's layout: [latent (kv_b_proj's key part folded in) | rope].
-      auto& q_row = scratch<struct AbsorbedQueryRow>(D.width);
+      auto& q_latent = scratch<struct AbsorbedQueryLatent>(D.lora);
       auto& o_latent = scratch<struct AbsorbedOutLatent>(D.lora);
       for (int i = 0; i < seq.count; ++i) {
         const int t = seq.first + i, visible = seq.len - seq.count + i + 1;
         const float* qh = &q[(size_t(t) * D.heads + h) * D.qk];
         const auto& r = rows[size_t(s)];
         auto& scores = scratch<struct AbsorbedScores>(size_t(visible));
-        std::fill(q_row.begin(), q_row.end(), 0.0f);
+        std::fill(q_latent.begin(), q_latent.end(), 0.0f);
         std::fill(o_latent.begin(), o_latent.end(), 0.0f);
-        add_scaled_rows(qh, D.nope, [&](int j) { return U + size_t(j) * D.lora; }, q_row.data(), D.lora);
-        round_activations(std::span<float>(q_row).first(D.lora), mode);
-        std::copy_n(qh + D.nope, D.rope, q_row.begin() + D.lora);
-        dot_each_row(q_row.data(), visible, [&](int j) { return r[j]; }, D.width, scores.data());
-        for (float& v : scores) v *= scale;
+        for (int j = 0; j < D.nope; ++j) add_scaled(qh[j], U + size_t(j) * D.lora, q_latent.data(), D.lora);
+        round_activations(q_latent, mode);
+        for (int j = 0; j < visible; ++j)
+          scores[j] = (dot(q_latent.data(), r[j], D.lora) + dot(qh + D.nope, r[j] + D.lora, D.rope)) * scale;
         softmax_probabilities(scores, mode);
-        add_scaled_rows(scores.data(), visible, [&](int j) { return r[j]; }, o_latent.data(), D.lora);
+        for (int j = 0; j < visible; ++j) add_scaled(scores[j], r[j], o_latent.data(), D.lora);
         round_activations(o_latent, mode);
         float* oh = &o[(size_t(t) * D.heads + h) * D.v];
-        dot_each_row(o_latent.data(), D.v, [&](int e) { return V + size_t(e) * D.lora; }, D.lora, oh);
+        for (int e = 0; e < D.v; ++e) oh[e] = dot(o_latent.data(), V + size_t(e) * D.lora, D.lora);
         round_activations({oh, size_t(D.v)}, mode);
       }
     }
