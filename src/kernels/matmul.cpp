@@ -548,20 +548,12 @@ inline bool whole_block(int K, int b) { return (b + 1) * kQuantBlock <= K; }
 // Under DeepSeek numerics with AVX512-BF16 the chains run over BF16 pairs (vdpbf16ps) instead,
 // chain j over pairs j, j+16, j+32, j+48, on both paths.
 
-// The tree for four vectors at once; the sums come out in lanes 0, 4, 8, 12.
-inline __m512 tree_sum4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
-  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xEE));
-  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xEE));
-  __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
-  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));
-  return _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
-}
 template <int N>
 inline void tree_sums(const __m512 (&v)[N], float (&out)[N]) {
   for (int i = 0; i < N; i += 4) {
     const __m512 z = _mm512_setzero_ps();
     alignas(64) float r[16];
-    _mm512_store_ps(r, tree_sum4(v[i], i + 1 < N ? v[i + 1] : z, i + 2 < N ? v[i + 2] : z, i + 3 < N ? v[i + 3] : z));
+    _mm512_store_ps(r, simd::tree_sum4(v[i], i + 1 < N ? v[i + 1] : z, i + 2 < N ? v[i + 2] : z, i + 3 < N ? v[i + 3] : z));
     for (int e = 0; e < 4 && i + e < N; ++e) out[i + e] = r[4 * e];
   }
 }

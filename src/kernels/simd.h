@@ -117,6 +117,17 @@ inline __m512 sigmoid16(__m512 z) {
 // silu(z) = z · sigmoid(z): within 4 ulp of double where the result is normal.
 inline __m512 silu16(__m512 z) { return _mm512_mul_ps(z, sigmoid16(z)); }
 
+// The halving tree of a horizontal sum (i + (i+8), then i + (i+4), i + (i+2), i + (i+1)) for four
+// vectors at once; the sums come out in lanes 0, 4, 8, 12. The batch-invariant order of the
+// decode kernels (matmul.cpp) and of the absorbed attention's scores.
+inline __m512 tree_sum4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xEE));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xEE));
+  __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));
+  return _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
+}
+
 // Rows r[0..15] of 16 32-bit elements → columns: afterwards r[c] holds element c of each row.
 inline void transpose16x16_epi32(__m512i r[16]) {
   __m512i t[16];

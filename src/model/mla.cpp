@@ -7,6 +7,7 @@
 #include "base/parallel.h"
 #include "base/scratch.h"
 #include "kernels/simd.h"
+#include "model/absorbed_attention.h"
 #include "model/attention_core.h"
 #include "model/ops.h"
 
@@ -16,32 +17,6 @@ using kernels::matmul_fp8;
 using kernels::Numerics;
 
 namespace {
-
-// FP32 dot products and updates over a cache row; `omp simd` lets the compiler keep several
-// partial sums in vector lanes (a plain loop may not reorder a float sum).
-float dot(const float* a, const float* b, int n) {
-  float s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-float dot(const float* a, const bf16* b, int n) {
-  float s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int i = 0; i < n; ++i) s += a[i] * bf16_to_float(b[i]);
-  return s;
-}
-
-void add_scaled(float p, const float* row, float* out, int n) {
-#pragma omp simd
-  for (int i = 0; i < n; ++i) out[i] += p * row[i];
-}
-
-void add_scaled(float p, const bf16* row, float* out, int n) {
-#pragma omp simd
-  for (int i = 0; i < n; ++i) out[i] += p * bf16_to_float(row[i]);
-}
 
 struct Dims {
   int heads, nope, rope, v, lora, qk, width;
@@ -122,64 +97,55 @@ struct AbsorbedSeq {
   int len, first, count;
 };
 
-// Absorbed path: attention over the latent itself; kv_b_proj folded into query and output. The
-// cache rows are read in place (FP32 or BF16, whichever the pool holds). All sequences of the step
-// in one parallel region (not one per sequence), heads split across the threads, so that each
-// head's kv_b_proj slices (64 KB in BF16 on the bench model) are reused from cache by every token
-// of every sequence. (Measured: decode at 8 and 32 sequences within noise of the per-sequence loop;
-// the time is in the per-token dot products.)
-// kvb: kv_b_proj dequantized, FP32 (exact numerics) or BF16 (DeepSeek's).
-template <typename Row, typename Kvb>
-void attend_absorbed_rows(const Kvb* kvb, const Dims& D, float scale, std::span<const AbsorbedSeq> seqs,
-                          const std::vector<std::vector<const Row*>>& rows, const std::vector<float>& q,
-                          std::vector<float>& o, Numerics mode) {
-  const int S = int(seqs.size());
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int h = 0; h < D.heads; ++h)
-    for (int s = 0; s < S; ++s) {
-      const AbsorbedSeq& seq = seqs[size_t(s)];
-      const Kvb* U = kvb + size_t(h) * (D.nope + D.v) * D.lora;  // [nope, lora]
-      const Kvb* V = U + size_t(D.nope) * D.lora;                // [v, lora]
-      auto& q_latent = scratch<struct AbsorbedQueryLatent>(D.lora);
-      auto& o_latent = scratch<struct AbsorbedOutLatent>(D.lora);
-      for (int i = 0; i < seq.count; ++i) {
-        const int t = seq.first + i, visible = seq.len - seq.count + i + 1;
-        const float* qh = &q[(size_t(t) * D.heads + h) * D.qk];
-        const auto& r = rows[size_t(s)];
-        auto& scores = scratch<struct AbsorbedScores>(size_t(visible));
-        std::fill(q_latent.begin(), q_latent.end(), 0.0f);
-        std::fill(o_latent.begin(), o_latent.end(), 0.0f);
-        for (int j = 0; j < D.nope; ++j) add_scaled(qh[j], U + size_t(j) * D.lora, q_latent.data(), D.lora);
-        round_activations(q_latent, mode);
-        for (int j = 0; j < visible; ++j)
-          scores[j] = (dot(q_latent.data(), r[j], D.lora) + dot(qh + D.nope, r[j] + D.lora, D.rope)) * scale;
-        softmax_probabilities(scores, mode);
-        for (int j = 0; j < visible; ++j) add_scaled(scores[j], r[j], o_latent.data(), D.lora);
-        round_activations(o_latent, mode);
-        float* oh = &o[(size_t(t) * D.heads + h) * D.v];
-        for (int e = 0; e < D.v; ++e) oh[e] = dot(o_latent.data(), V + size_t(e) * D.lora, D.lora);
-        round_activations({oh, size_t(D.v)}, mode);
-      }
-    }
-}
-
+// Absorbed path: attention over the latent itself, kv_b_proj folded into query and output
+// (model/absorbed_attention.h). Items of up to four heads of one token, heads outermost, in one
+// parallel region: a thread's items share its heads' kv_b_proj slices (64 KB each in BF16 on the
+// bench model), which stay in its L2 from token to token; at batch 1 the two threads take half
+// the heads each. The cache rows are read in place (FP32 or BF16, whichever the pool holds).
 void attend_absorbed(const AttentionWeights& w, const Dims& D, float scale, std::span<const AbsorbedSeq> seqs, int layer,
                      const std::vector<float>& q, std::vector<float>& o, Numerics mode) {
   if (seqs.empty()) return;
-  auto rows_of = [&](auto row) {
-    std::vector<std::vector<decltype(row(*seqs[0].kv, 0))>> rows(seqs.size());
-    for (size_t s = 0; s < seqs.size(); ++s)
-      for (int j = 0; j < seqs[s].len; ++j) rows[s].push_back(row(*seqs[s].kv, j));
-    return rows;
+  const bool f32_rows = seqs[0].kv->pool().dtype() == KvDtype::kF32;
+  // Row pointers of every sequence's cache (one table for the layer: the rows live in blocks).
+  auto& rows_f32 = scratch_object<struct AbsorbedRowsF32, std::vector<const float*>>();
+  auto& rows_bf16 = scratch_object<struct AbsorbedRowsBf16, std::vector<const bf16*>>();
+  rows_f32.clear();
+  rows_bf16.clear();
+  std::vector<size_t> first_row(seqs.size());
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    first_row[s] = f32_rows ? rows_f32.size() : rows_bf16.size();
+    for (int j = 0; j < seqs[s].len; ++j) {
+      if (f32_rows) rows_f32.push_back(seqs[s].kv->row_f32(layer, j));
+      else rows_bf16.push_back(seqs[s].kv->row_bf16(layer, j));
+    }
+  }
+  struct Token {
+    int seq, t, visible;
   };
-  auto with_rows = [&](const auto& rows) {
-    if (mode == Numerics::kDeepSeek) attend_absorbed_rows(w.kv_b_dequantized_bf16.data(), D, scale, seqs, rows, q, o, mode);
-    else attend_absorbed_rows(w.kv_b_dequantized.data(), D, scale, seqs, rows, q, o, mode);
-  };
-  if (seqs[0].kv->pool().dtype() == KvDtype::kF32)
-    with_rows(rows_of([&](const SequenceKv& kv, int j) { return kv.row_f32(layer, j); }));
-  else
-    with_rows(rows_of([&](const SequenceKv& kv, int j) { return kv.row_bf16(layer, j); }));
+  std::vector<Token> tokens;
+  for (size_t s = 0; s < seqs.size(); ++s)
+    for (int i = 0; i < seqs[s].count; ++i)
+      tokens.push_back({int(s), seqs[s].first + i, seqs[s].len - seqs[s].count + i + 1});
+  constexpr int kGroup = 4;
+  const int groups = (D.heads + kGroup - 1) / kGroup, n = groups * int(tokens.size());
+  const size_t head_kvb = size_t(D.nope + D.v) * D.lora;
+  parallel_for(n, n > 1, [&](int item) {
+    const int g = item / int(tokens.size());
+    const Token& tok = tokens[size_t(item) % tokens.size()];
+    const int h0 = g * kGroup;
+    AbsorbedHeads a;
+    a.heads = std::min(kGroup, D.heads - h0);
+    a.nope = D.nope, a.rope = D.rope, a.v = D.v, a.lora = D.lora;
+    a.scale = scale;
+    a.q = &q[(size_t(tok.t) * D.heads + h0) * D.qk];
+    if (mode == Numerics::kDeepSeek) a.kvb_bf16 = w.kv_b_absorbed_bf16.data() + size_t(h0) * head_kvb;
+    else a.kvb_f32 = w.kv_b_absorbed.data() + size_t(h0) * head_kvb;
+    a.rows = tok.visible;
+    if (f32_rows) a.rows_f32 = rows_f32.data() + first_row[size_t(tok.seq)];
+    else a.rows_bf16 = rows_bf16.data() + first_row[size_t(tok.seq)];
+    a.o = &o[(size_t(tok.t) * D.heads + h0) * D.v];
+    attend_absorbed_heads(a, mode);
+  });
 }
 
 }  // namespace

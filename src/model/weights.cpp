@@ -5,6 +5,7 @@
 
 #include "base/error.h"
 #include "base/fp8.h"
+#include "model/absorbed_attention.h"
 #include "model/checkpoint_layout.h"
 
 namespace epserve::model {
@@ -118,9 +119,9 @@ ModelWeights ModelWeights::load(const std::filesystem::path& dir, const LoadOpti
     a.kv_a_norm = load.norm(p + "self_attn.kv_a_layernorm.weight", c.kv_lora_rank);
     a.kv_b = load.fp8(p + "self_attn.kv_b_proj.weight", {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank});
     a.o = load.fp8(p + "self_attn.o_proj.weight", {d, h * c.v_head_dim});
-    a.kv_b_dequantized = dequantize(a.kv_b);
-    a.kv_b_dequantized_bf16.resize(a.kv_b_dequantized.size());
-    std::transform(a.kv_b_dequantized.begin(), a.kv_b_dequantized.end(), a.kv_b_dequantized_bf16.begin(), float_to_bf16);
+    a.kv_b_absorbed = absorbed_kv_b<float>(dequantize(a.kv_b), h, c.qk_nope_head_dim, c.v_head_dim, c.kv_lora_rank);
+    a.kv_b_absorbed_bf16.resize(a.kv_b_absorbed.size());
+    std::transform(a.kv_b_absorbed.begin(), a.kv_b_absorbed.end(), a.kv_b_absorbed_bf16.begin(), float_to_bf16);
     if (!c.is_moe_layer(l)) {
       L.dense = load.mlp(p + "mlp.", d, c.intermediate_size);
     } else {

@@ -26,11 +26,12 @@ struct MlpWeights {  // SwiGLU: down(silu(gate x) * up x)
 struct AttentionWeights {
   Fp8Matrix q_a, q_b, kv_a, kv_b, o;
   std::vector<float> q_a_norm, kv_a_norm;
-  // kv_b_proj dequantized, [heads * (qk_nope + v), kv_lora]: the absorbed path's U_h and V_h.
-  std::vector<float> kv_b_dequantized;
+  // kv_b_proj dequantized in the absorbed path's layout (per head U [qk_nope][kv_lora], then Vᵀ
+  // [kv_lora][v]: model/absorbed_attention.h).
+  std::vector<float> kv_b_absorbed;
   // The same rounded to BF16 (DeepSeek applies it in BF16), stored as BF16: half the bytes that
   // every decode step streams through its heads.
-  std::vector<bf16> kv_b_dequantized_bf16;
+  std::vector<bf16> kv_b_absorbed_bf16;
 };
 
 struct MoeWeights {
