@@ -275,7 +275,7 @@ CommandRegistration reg("sim", "cluster simulator: a unit's step time, a day of 
   eng->add_option("--reps", eng_o->reps, "timed repetitions per case (the best counts)")->capture_default_str();
   eng->add_option("--keep", eng_o->keep,
                   "with --fit: efficiencies held at the preset's values (comma-separated: hbm, decode_flop, gemm, "
-                  "dequant, attn, hbm_dot, attn_prefill), e.g. the decode ones after a prefill-only change")
+                  "dequant, attn, hbm_dot, attn_prefill, gemm_bf16), e.g. the decode ones after a prefill-only change")
       ->delimiter(',');
   eng->add_option("--fit", eng_o->fit,
                   "refit the cpu preset's constants to these cases of the measurements (same syntax as --cases) "

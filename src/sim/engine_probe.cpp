@@ -169,7 +169,7 @@ struct Knob {
 constexpr Knob kKnobs[] = {{"hbm", &Hardware::hbm_eff},         {"decode_flop", &Hardware::decode_flop_eff},
                            {"gemm", &Hardware::gemm_eff},       {"dequant", &Hardware::dequant_eff},
                            {"attn", &Hardware::attn_eff},       {"hbm_dot", &Hardware::hbm_dot_eff},
-                           {"attn_prefill", &Hardware::attn_prefill_eff}};
+                           {"attn_prefill", &Hardware::attn_prefill_eff}, {"gemm_bf16", &Hardware::gemm_bf16_eff}};
 constexpr int K = int(std::size(kKnobs));
 
 // Solves the normal equations A x = b (n small) by Gaussian elimination with partial pivoting.

@@ -107,29 +107,32 @@ Hardware cpu_preset(const CpuMeasurement& m) {
   // attention ones at 06:10 UTC, after the blocked attention kernel and the 8-row prefill
   // microkernel, with those three held (`--keep`): prefill 1x128, 1x256, 2x256, 1x512, 4x64,
   // 1x1024 and decode 1, 4, 8, 16, 32, 64 at 128 context, 8 at 512, 1 at 1024. The 3-layer
-  // configuration is held out (within 9%).
+  // configuration is held out (within 9%). These stay for AVX2 builds; AVX-512 builds refit below.
   h.hbm_eff = 0.82;          // FP8 decode kernels stream weights at this fraction of the read bandwidth
   h.hbm_dot_eff = 0.79;      // the BF16-dot decode kernel (lm_head) streams its BF16 weights so
   h.decode_flop_eff = 0.63;  // ... plus their multiply-adds at this fraction of the FMA peak (refitted
                              // 2026-12-02 09:55 UTC with hbm held: docs/PERFORMANCE.md)
   h.gemm_eff = 0.48;         // prefill kernels' multiply-adds (rows padded to 32) vs the dot / FMA peak
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-  // NOT FITTED: the AVX-512 prefill kernels read FP8 weights as tiles since 2026-12-02 and run
-  // faster than 0.48 prices them. 0.58 (set by hand at 07:20 UTC) held the 3-layer cases within 21%
-  // until the prefill work of 08:30-10:00 UTC (page faults of the expert buffers, RoPE, tile
-  // prefetch) left the held-out prefill 1x192 at +51.5%. A refit that hour (`sim engine --fit`,
-  // 8- and 5-layer cases) gave gemm 1.52: the model's costs no longer match the kernels (fixed
-  // per-tile and per-row costs, loads and multiply-adds that overlap), so no physical efficiency
-  // fits, and 1.2 put the 3-layer decode of 32 sequences at -30%. 0.80 with decode_flop 0.57
-  // passed one clean-clone CI run and failed the next on a quiet host (prefill 1x192 +33%); with
-  // decode_flop 0.63 (fitted) the prefill case reads about 10% lower. docs/PERFORMANCE.md "Zen 5,
-  // 2026-12-02 08:30". The prefill model wants per-item costs and a refit on a quiet machine.
-  h.gemm_eff = 0.80;
-#endif
   h.dequant_eff = 0.0488;    // prefill kernels: an FP8 weight widened per 128-row block costs the
                              // time of ~20 flops at the FMA peak
-  h.attn_eff = 0.122;        // the absorbed (decode) attention loops: about 1/8 of the FMA peak
+  h.attn_eff = 0.122;        // the absorbed (decode) attention kernel (model/absorbed_attention.h)
+  h.gemm_bf16_eff = h.gemm_eff;  // BF16 weights' prefill-regime products
   h.attn_prefill_eff = 0.112;  // the naive path's blocked causal kernel (src/model/attention_core.cpp)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  // AVX-512 builds: FITTED 2026-12-02 15:35 UTC (Zen 5, one thread; `sim engine --fit` over the 8-
+  // and 5-layer cases above with hbm, hbm_dot and dequant held; docs/PERFORMANCE.md "Zen 5,
+  // 2026-12-02 14:30"), after the FP8 tiles, the page-fault work, the absorbed attention kernel and
+  // with the BF16 weights' prefill-regime products (the lm_head at 16-64 sequences) priced apart.
+  // The model sums terms that these kernels overlap (a decode product's stream and multiply-adds; a
+  // prefill product's tile widening and multiply-adds), so decode_flop and gemm came out above 1:
+  // fitted weights, no longer fractions of a peak. Held out, the 3-layer cases: -11 / -6 / -7 / +5
+  // / -12% (prefill 1x192, decode 1@128, 8@256, 16@128, 32@128). (A free dequant fits negative.)
+  h.decode_flop_eff = 1.56;
+  h.gemm_eff = 1.30;
+  h.gemm_bf16_eff = 0.63;
+  h.attn_eff = 0.26;
+  h.attn_prefill_eff = 0.19;
+#endif
   h.mla_decode_flop_eff = h.attn_eff;
   h.mla_decode_mem_eff = h.hbm_eff;
   // Ranks on one host exchange through shared memory (the "NVLink" of this preset): FITTED to
@@ -171,7 +174,8 @@ nlohmann::json hardware_json(const Hardware& h) {
             {"decode_flop", h.decode_flop_eff},
             {"hbm_dot", h.hbm_dot_eff},
             {"dequant", h.dequant_eff},
-            {"attn", h.attn_eff}}}};
+            {"attn", h.attn_eff},
+            {"gemm_bf16", h.gemm_bf16_eff}}}};
 }
 
 std::vector<std::string> hardware_preset_names() { return {"h800", "h100", "cpu"}; }

@@ -52,7 +52,10 @@ struct Hardware {
                                  // numerics) stream their BF16 weights at this fraction of hbm_gbps
   double dequant_eff = 0;        // prefill kernels: weight elements widened per 128-row block, at
                                  // fp32_tflops * dequant_eff elements/s
-  double attn_eff = 0;           // the attention loops (src/model/mla.cpp), fraction of fp32_tflops
+  double attn_eff = 0;           // the absorbed attention kernel (model/absorbed_attention.h), fraction of fp32_tflops
+  double gemm_bf16_eff = 0;      // prefill-regime products of BF16 weights (the lm_head of a decode
+                                 // step of more than decode_max_m sequences, the router gate in a
+                                 // prefill): their microkernel, fraction of the dot / FMA peak
 };
 
 // `h800`, `h100` or `cpu` (measured here, in well under a second). Throws epserve::Error otherwise.

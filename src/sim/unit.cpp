@@ -63,8 +63,9 @@ double cpu_gemm_s(const Hardware& hw, double m, double n, double k, double wb, b
   const double blocks = std::ceil(m / 128 - 1e-9);
   const double mult = 2 * pad_rows(m, hw.gemm_row_tile) * n * k;
   if (wb == 1) return n * k * blocks / (fp32 * hw.dequant_eff) + mult / (hw.fp8_tflops * 1e12 * hw.gemm_eff);
-  // BF16 weights widen with a shift: their tiles cost the reading, once per block of rows.
-  return n * k * wb * blocks / (hw.hbm_gbps * 1e9 * hw.hbm_eff) + mult / (mult_rate * hw.gemm_eff);
+  // BF16 weights widen with a shift: their tiles cost the reading, once per block of rows; their
+  // microkernel (a lane tree, not the FP8 tiles') has its own efficiency.
+  return n * k * wb * blocks / (hw.hbm_gbps * 1e9 * hw.hbm_eff) + mult / (mult_rate * hw.gemm_bf16_eff);
 }
 
 // One GEMM y[M,N] = x[M,K] · W[N,K]ᵀ on one GPU: roofline of the padded FLOPs at the kernel rate and
@@ -113,12 +114,15 @@ std::vector<StageCost> compute_stages(const Ctx& x, const Workload& w, double n,
   // ATTN-1: core attention, output projection, gate.
   double core;
   if (w.role == Role::decode && x.hw.cpu_kernels) {
-    // epserve's absorbed attention loops per query token and head: U absorb (nope·kvr), scores over
-    // the latent and rope (576·L), P·latent (512·L), V (v·kvr); all at the attention loops' rate.
+    // epserve's absorbed attention kernel (model/absorbed_attention.h) per query token and head:
+    // U absorb (nope·kvr), scores over the latent and rope (576·L), P·latent (512·L), V (v·kvr), at
+    // the kernel's rate; plus kv_b_proj's BF16 U and Vᵀ, read once per step (they stay in cache from
+    // token to token), streamed like weights.
     const double f = n * 2 * (h / tp) * (nope * kvr + ((kvr + rope) + kvr) * w.kv_len + vd * kvr);
+    const double kv_b = (h / tp) * (nope + vd) * kvr * 2;
     a1.flops += f;
-    a1.bytes += n * w.seq_per_token * w.kv_len * (kvr + rope) * 4;  // FP32 latent rows
-    core = f / (x.hw.fp32_tflops * 1e12 * x.hw.attn_eff);
+    a1.bytes += n * w.seq_per_token * w.kv_len * (kvr + rope) * 4 + kv_b;  // FP32 latent rows
+    core = f / (x.hw.fp32_tflops * 1e12 * x.hw.attn_eff) + kv_b / (x.hw.hbm_gbps * 1e9 * x.hw.hbm_eff);
   } else if (w.role == Role::decode) {
     const double f = n * 2 * (h / tp) * ((kvr + rope) + kvr) * w.kv_len;       // QK over 576, PV over 512
     const double b = n * w.seq_per_token * w.kv_len * (kvr + rope) * 2;         // BF16 latent, once per sequence

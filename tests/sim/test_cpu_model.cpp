@@ -38,12 +38,12 @@ std::vector<FitPoint> points_from(const Hardware& truth) {
 TEST(CpuModel, FitRecoversKnownConstants) {
   Hardware truth = fixed_cpu();
   truth.hbm_eff = 0.7, truth.decode_flop_eff = 0.4, truth.gemm_eff = 0.3, truth.dequant_eff = 0.02,
-  truth.attn_eff = 0.05, truth.hbm_dot_eff = 0.85, truth.attn_prefill_eff = 0.2;
+  truth.attn_eff = 0.05, truth.hbm_dot_eff = 0.85, truth.attn_prefill_eff = 0.2, truth.gemm_bf16_eff = 0.25;
   const auto points = points_from(truth);
   const CpuFit fit = fit_cpu_efficiencies(points);
-  ASSERT_EQ(fit.values.size(), 7u);
-  const double want[] = {0.7, 0.4, 0.3, 0.02, 0.05, 0.85, 0.2};
-  for (size_t i = 0; i < 7; ++i) EXPECT_NEAR(fit.values[i], want[i], 1e-6 * want[i]) << fit.names[i];
+  ASSERT_EQ(fit.values.size(), 8u);
+  const double want[] = {0.7, 0.4, 0.3, 0.02, 0.05, 0.85, 0.2, 0.25};
+  for (size_t i = 0; i < 8; ++i) EXPECT_NEAR(fit.values[i], want[i], 1e-6 * want[i]) << fit.names[i];
   Hardware h = fixed_cpu();
   fit.apply(h);
   for (const auto& p : points) EXPECT_NEAR(predict_engine_step_ms(h, p.cfg, p.c), p.measured_ms, 1e-6 * p.measured_ms);
@@ -54,10 +54,11 @@ TEST(CpuModel, FitKeepsHeldConstants) {
   Hardware truth = fixed_cpu();
   truth.gemm_eff = 0.33, truth.dequant_eff = 0.03, truth.attn_prefill_eff = 0.25;  // the rest: the preset's
   const auto points = points_from(truth);
-  const CpuFit fit = fit_cpu_efficiencies(points, {"hbm", "decode_flop", "attn", "hbm_dot"});
+  const CpuFit fit = fit_cpu_efficiencies(points, {"hbm", "decode_flop", "attn", "hbm_dot", "gemm_bf16"});
   const Hardware preset = fixed_cpu();
-  const double want[] = {preset.hbm_eff, preset.decode_flop_eff, 0.33, 0.03, preset.attn_eff, preset.hbm_dot_eff, 0.25};
-  for (size_t i = 0; i < 7; ++i) EXPECT_NEAR(fit.values[i], want[i], 1e-6 * want[i]) << fit.names[i];
+  const double want[] = {preset.hbm_eff, preset.decode_flop_eff, 0.33, 0.03, preset.attn_eff, preset.hbm_dot_eff, 0.25,
+                         preset.gemm_bf16_eff};
+  for (size_t i = 0; i < 8; ++i) EXPECT_NEAR(fit.values[i], want[i], 1e-6 * want[i]) << fit.names[i];
   EXPECT_THROW(fit_cpu_efficiencies(points, {"hbm", "nonsense"}), epserve::Error);
 }
 
