@@ -599,7 +599,8 @@ inline void decode_bf16dot_block(const Activations& a, const Weight& w, int n, i
     const int k = k0 + 32 * t, len = kWhole ? 32 : kc - 32 * t;
     for (int r = 0; r < R; ++r) {
       const uint16_t* wr = rows + size_t(r) * K + k;
-      _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
+      // (Non-temporal: the lm_head's 265 MB pass through once; 1-3% faster than into L1.)
+      _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_NTA);
       const __m512bh wv = (__m512bh)(len >= 32 ? _mm512_loadu_si512(wr) : _mm512_maskz_loadu_epi16(first_lanes32(len), wr));
       for (int m = 0; m < M; ++m) {
         const __m512bh xv = (__m512bh)_mm512_loadu_si512(a.xb + size_t(m) * ldx + k);
@@ -869,11 +870,13 @@ struct Item {
   int job, n0, n1, p0, p1;  // decode items have p0 = p1 = 0
 };
 
-// Decode items: contiguous row ranges of about this many weight bytes. Each item starts a new
-// stream, whose first misses the prefetches have not yet covered; at 128 rows of an expert's
-// [256, 1024] (128 KB) a batch-1 MoE layer's experts ran 10% slower than with one item per
-// expert matrix (256 KB), at 16–32 rows (16–32 KB items) a small dense product up to 16%.
-constexpr size_t kDecodeItemBytes = size_t(256) << 10;
+// Decode items: contiguous row ranges of about this many weight bytes (at least one per thread
+// for a single product). Each item starts a new stream, whose first misses the prefetches have
+// not yet covered: at 128 rows of an expert's [256, 1024] (128 KB) a batch-1 MoE layer's experts
+// ran 10% slower than with one item per expert matrix (256 KB), and the lm_head's 265 MB at M = 1
+// took 4.1-4.4 ms in 4 MB items against 4.8 ms in 256 KB ones (Zen 5, docs/PERFORMANCE.md). Items
+// are still handed out dynamically: a thread that loses its core for a while leaves them to the other.
+constexpr size_t kDecodeItemBytes = size_t(4) << 20;
 
 // Items for one product. Decode: contiguous row ranges of about kDecodeItemBytes, at least
 // min_items of them (multiples of 16 rows); prefill: fixed-size items.
