@@ -47,11 +47,15 @@ struct Fp8Weight {
 };
 struct Bf16Weight {
   std::vector<bf16> values;
+  std::vector<uint8_t> tiles;
   Bf16Matrix m;
   Bf16Weight(int N, int K, std::mt19937_64& rng) : values(size_t(N) * K) {
     std::normal_distribution<float> nd(0, 0.02f);
     for (auto& v : values) v = float_to_bf16(nd(rng));
-    m = Bf16Matrix{values, N, K};
+    m = Bf16Matrix{values, N, K, {}};
+    tiles.resize(kernels::bf16_tiles_bytes(N, K));
+    kernels::pack_bf16_tiles(m, tiles);
+    m.tiles = tiles;
   }
 };
 

@@ -49,13 +49,11 @@ namespace {
 
 constexpr int kDecodeMaxM = 8;    // up to this many rows: the streaming (decode) kernels
 constexpr int kPanel = 32;        // prefill activation rows per panel (two 16-float vectors)
-#ifdef EPS_KERNELS_AVX512
-constexpr int kNr = 8;           // prefill weight rows per microkernel call
-#else
-constexpr int kNr = 4;           // (AVX2: 4 rows × 16 activation rows fill 8 of the 16 registers)
-#endif
 constexpr int kNChunk = kQuantBlock;  // weight rows per work item (one scale block)
-constexpr int kNChunkPad = ceil_div(kNChunk, kNr) * kNr;  // 128 with kNr 8 or 4
+#ifdef EPS_KERNELS_AVX2
+constexpr int kNr = 4;           // prefill weight rows per microkernel call (4 × 16 activation rows fill 8 of the 16 registers)
+constexpr int kNChunkPad = ceil_div(kNChunk, kNr) * kNr;  // 128
+#endif
 constexpr int kItemPanels = 4;    // prefill activation panels per work item (128 rows)
 
 // 64-byte aligned scratch that grows and is reused (one per thread).
@@ -128,6 +126,7 @@ struct Weight {
   const uint16_t* bf16 = nullptr;
   int N = 0, K = 0, kb = 0;
   const uint8_t* tiles = nullptr;  // FP8 in the AVX-512 kernels' layout (pack_fp8_tiles)
+  const uint32_t* bf16_tiles = nullptr;  // BF16 in that layout (pack_bf16_tiles)
   bool is_bf16() const { return bf16 != nullptr; }
 };
 
@@ -146,8 +145,12 @@ Weight view(const Fp8Matrix& w) {
 Weight view(const Bf16Matrix& w) {
   EPS_REQUIRE(w.values.size() >= size_t(w.rows) * w.cols, "matmul_bf16: weight too small");
   static_assert(sizeof(bf16) == 2);
+#ifdef EPS_KERNELS_AVX512
+  EPS_REQUIRE(w.tiles.size() == bf16_tiles_bytes(w.rows, w.cols),
+              "matmul_bf16: the weight's tiles are missing or of another shape (pack_bf16_tiles)");
+#endif
   return Weight{nullptr, nullptr, reinterpret_cast<const uint16_t*>(w.values.data()), w.rows, w.cols,
-                ceil_div(w.cols, kQuantBlock)};
+                ceil_div(w.cols, kQuantBlock), nullptr, reinterpret_cast<const uint32_t*>(w.tiles.data())};
 }
 
 // Activations prepared once per product (per task in a grouped call).
@@ -167,14 +170,8 @@ struct Activations {
   const uint32_t* xt = nullptr;
   const float* xf = nullptr;
   const float* xscale = nullptr;  // DeepSeek: [M][kb]
-  // BF16 weights with BF16 activations (matmul_bf16 in DeepSeek numerics) and AVX512-BF16: decode
-  // reads xb, the rounded rows as BF16 bits [M][Kp] (zeros past K); prefill reads xpb, BF16 pairs
-  // in k order (not permuted).
-  bool bf16x = false;
-  const uint16_t* xb = nullptr;
-  // Prefill panels (32 rows, zero-padded): FP32 [panel][K][32] or BF16 pairs [panel][ceil(K/2)][32].
+  // Prefill panels (AVX2: 32 rows, zero-padded): FP32 [panel][K][32].
   const float* xp = nullptr;
-  const uint32_t* xpb = nullptr;
   const float* xps = nullptr;  // DeepSeek: scales [panel][kb][32]
   int panels = 0;
   // Prefill panels hold Kp = K rounded up to 64 positions (zeros past K), in k order.
@@ -185,8 +182,7 @@ struct Activations {
   // Storage.
   Fp8Rows q;
   AlignedVec<float> xd, xk_store, xp_store, xps_store, xf_store;
-  AlignedVec<uint32_t> xpb_store, xt_store;
-  AlignedVec<uint16_t> xb_store;
+  AlignedVec<uint32_t> xt_store;
 };
 
 bool use_prefill(int M) {
@@ -403,74 +399,60 @@ void prepare_tile_rows(Activations& a, const float* x, bool par) {
 }
 #endif
 
-// BF16 weights, activations rounded to BF16 (matmul_bf16, DeepSeek numerics). With AVX512-BF16:
-// the rows as BF16 bits (decode) or BF16 pairs in prefill panels; otherwise the rounded rows as
-// floats through the FP32 kernels (products of two BF16 values are exact in FP32 either way).
-void prepare_bf16x(Activations& a, const float* x, bool par) {
-  const int M = a.M, K = a.K;
-  [[maybe_unused]] const int Kp = a.Kp;  // (the AVX512-BF16 layouts)
+#ifdef EPS_KERNELS_AVX512
+// BF16 weight tiles (AVX-512): the rows in k order, zero-padded to kb · 128, as the tile kernels
+// read them: rounded to BF16 (bf16x: matmul_bf16 in DeepSeek numerics), as BF16 pairs [M][kb · 64]
+// with AVX512-BF16 (xt), else floats [M][kb · 128] (xf); exact, the caller's floats (xf).
+void prepare_bf16_tile_rows(Activations& a, const float* x, bool bf16x, bool par) {
+  const int M = a.M, K = a.K, Kpad = a.kb * kQuantBlock;
+  const bool parallel = par && size_t(M) * K >= (size_t(1) << 16) && M > 1;
+  if (a.prefill) a.panels = ceil_div(M, kPanel);
 #ifdef EPS_KERNELS_BF16DOT
-  if (!a.prefill) {
-    a.xb_store.resize(size_t(M) * Kp);
-    uint16_t* xb = a.xb_store.data();
-    for (int m = 0; m < M; ++m)
-      for (int k = 0; k < Kp; ++k) xb[size_t(m) * Kp + k] = k < K ? float_to_bf16(x[size_t(m) * K + k]).bits : 0;
-    a.xb = xb;
+  if (bf16x) {
+    a.xt_store.resize(size_t(M) * Kpad / 2);
+    uint32_t* xt = a.xt_store.data();
+    parallel_for(M, parallel, [&](int m) {
+      const float* r = x + size_t(m) * K;
+      uint32_t* d = xt + size_t(m) * Kpad / 2;
+      for (int k = 0; k < Kpad; k += 32)  // (vcvtne2ps2bf16 rounds to nearest even, as round_to_bf16)
+        _mm512_store_si512(d + k / 2, (__m512i)_mm512_cvtne2ps_pbh(simd::load_floats16(r + k + 16, K - k - 16),
+                                                                   simd::load_floats16(r + k, K - k)));
+    });
+    a.xt = xt;
     return;
   }
-  a.panels = ceil_div(M, kPanel);
-  const int K2 = Kp / 2;
-  a.xpb_store.resize(size_t(a.panels) * K2 * kPanel);
-  uint32_t* xpb = a.xpb_store.data();
-  // 16 rows × 32 values at a time: rounded to BF16 in registers, the high halves of each float pair
-  // gathered into 16 pairs, then transposed into the panel (as the FP8 pack in prepare_from_codes).
-  __m512i high_halves;  // 16-bit lane t ← 16-bit lane 2t + 1 of (first, second)
-  {
-    alignas(64) uint16_t idx[32];
-    for (int t = 0; t < 32; ++t) idx[t] = uint16_t(2 * t + 1);
-    high_halves = _mm512_load_si512(idx);
-  }
-  parallel_for(a.panels, par && a.panels > 1, [&](int p) {
-    uint32_t* dst = xpb + size_t(p) * K2 * kPanel;
-    const int lanes = panel_lanes(M, p), rows = std::min(lanes, M - p * kPanel);
-    for (int k0 = 0; k0 < Kp; k0 += 32)
-      for (int g = 0; 16 * g < lanes; ++g) {
-        __m512i v[16];
-        for (int i = 0; i < 16; ++i) {
-          if (16 * g + i >= rows) {
-            v[i] = _mm512_setzero_si512();
-            continue;
-          }
-          const float* row = x + size_t(p * kPanel + 16 * g + i) * K + k0;
-          const __m512 lo = simd::round_to_bf16x16(_mm512_maskz_loadu_ps(simd::first_lanes16(K - k0), row));
-          const __m512 hi = simd::round_to_bf16x16(_mm512_maskz_loadu_ps(simd::first_lanes16(K - k0 - 16), row + 16));
-          v[i] = _mm512_permutex2var_epi16(_mm512_castps_si512(lo), high_halves, _mm512_castps_si512(hi));
-        }
-        simd::transpose16x16_epi32(v);
-        uint32_t* d = dst + size_t(k0 / 2) * kPanel + 16 * g;
-        for (int c = 0; c < 16; ++c) _mm512_store_si512(d + size_t(c) * kPanel, v[c]);
-      }
+#endif
+  a.xf_store.resize(size_t(M) * Kpad);
+  float* xf = a.xf_store.data();
+  parallel_for(M, parallel, [&](int m) {
+    float* d = xf + size_t(m) * Kpad;
+    for (int k = 0; k < Kpad; k += 16) {
+      const __m512 v = simd::load_floats16(x + size_t(m) * K + k, K - k);
+      _mm512_store_ps(d + k, bf16x ? simd::round_to_bf16x16(v) : v);
+    }
   });
-  a.xpb = xpb;
+  a.xf = xf;
+}
 #else
+// BF16 weights, activations rounded to BF16 (matmul_bf16, DeepSeek numerics): the rounded rows as
+// floats through the FP32 kernels (products of two BF16 values are exact in FP32).
+void prepare_bf16x(Activations& a, const float* x, bool par) {
+  const int M = a.M, K = a.K;
   a.xd.resize(size_t(M) * K);
   float* xd = a.xd.data();
   for (size_t i = 0; i < size_t(M) * K; ++i) xd[i] = round_to_bf16(x[i]);
   prepare_exact(a, xd, par);
-#endif
 }
+#endif
 
 // par: whether to use the OpenMP threads (false when called inside a parallel region).
 void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const Fp8RowsView* quantized, bool par,
              bool fp8_weights, bool bf16x = false) {
   a.xk = nullptr;
-  a.xb = nullptr;
-  a.bf16x = bf16x;
   a.xt = nullptr;
   a.xf = nullptr;
   a.Kp = ceil_div(K, 64) * 64;
   a.x = a.xscale = a.xp = a.xps = a.scales = nullptr;  // the buffers are reused, the views are not
-  a.xpb = nullptr;
   a.codes = nullptr;
   a.panels = 0;
   a.M = M;
@@ -478,7 +460,11 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
   a.kb = ceil_div(K, kQuantBlock);
   a.deepseek = deepseek;
   a.prefill = use_prefill(M);
+#ifdef EPS_KERNELS_AVX512
+  if (!fp8_weights) return prepare_bf16_tile_rows(a, x, bf16x, par);
+#else
   if (bf16x) return prepare_bf16x(a, x, par);
+#endif
   if (deepseek) {
     if (quantized) {
       a.codes = quantized->codes.data();
@@ -508,7 +494,8 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
 #endif
 }
 
-#ifdef EPS_KERNELS_SIMD
+
+#ifdef EPS_KERNELS_AVX2
 // Rows [r0, r1) of the weight's next 128-block (the tile after this one), fetched a few rows at a
 // time while the microkernels run: issued all at once they fill the miss buffers and stall.
 // (Fetching the first tile of the thread's next item as well measured no faster.)
@@ -521,7 +508,6 @@ inline void prefetch_next_tile_rows(const Weight& w, int n0, int r0, int r1, int
     for (int off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
   }
 }
-
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -535,299 +521,9 @@ inline void prefetch_next_tile_rows(const Weight& w, int n0, int r0, int r1, int
 inline bool whole_block(int K, int b) { return (b + 1) * kQuantBlock <= K; }
 
 #ifdef EPS_KERNELS_AVX512
-#include "kernels/matmul_tiles_avx512-inl.h"  // FP8 weights
+#include "kernels/matmul_tiles_avx512-inl.h"  // FP8 and BF16 weights, as tiles
 
-// BF16 weights. Batch invariance: a row's result must not depend on M (how many rows share the
-// product) nor on its position, so the decode kernels (k across the vector lanes) and the prefill
-// microkernels (activation rows across the lanes) add the same products in the same order. Per
-// output and 128-block, with positions P in k order:
-//  - 16 lane chains: chain j adds P = j, j+16, j+32, ... in that order (FMAs from zero);
-//  - the 16 chain sums combined by one fixed tree: i + (i+8), then i + (i+4), i + (i+2), i + (i+1)
-//    (the halving tree of a horizontal vector sum);
-//  - that block sum times the block's scale added to the output's FP32 sum, block after block.
-// Under DeepSeek numerics with AVX512-BF16 the chains run over BF16 pairs (vdpbf16ps) instead,
-// chain j over pairs j, j+16, j+32, j+48, on both paths.
-
-template <int N>
-inline void tree_sums(const __m512 (&v)[N], float (&out)[N]) {
-  for (int i = 0; i < N; i += 4) {
-    const __m512 z = _mm512_setzero_ps();
-    alignas(64) float r[16];
-    _mm512_store_ps(r, simd::tree_sum4(v[i], i + 1 < N ? v[i + 1] : z, i + 2 < N ? v[i + 2] : z, i + 3 < N ? v[i + 3] : z));
-    for (int e = 0; e < 4 && i + e < N; ++e) out[i + e] = r[4 * e];
-  }
-}
-
-// R rows of BF16 weights at a time, each widened once and used for all M rows. One block: the
-// lane chains (chain j adds k0 + j, k0 + j + 16, ...), the tree, added to acc (kWhole: see
-// whole_block).
-template <int M, int R, bool kWhole>
-inline void decode_bf16_block(const Activations& a, const Weight& w, int n, int b, size_t ahead, float (&acc)[R][M]) {
-  const int K = a.K, k0 = b * kQuantBlock, kc = kWhole ? kQuantBlock : std::min(kQuantBlock, K - k0);
-  const uint16_t* rows = w.bf16 + size_t(n) * K;
-  __m512 part[R * M];
-  for (auto& p : part) p = _mm512_setzero_ps();
-  for (int t = 0; 16 * t < kc; ++t) {
-    const int k = k0 + 16 * t, len = kWhole ? 16 : kc - 16 * t;
-    for (int r = 0; r < R; ++r) {
-      const uint16_t* wr = rows + size_t(r) * K + k;
-      if (t % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_T0);
-      const __m512 wv = simd::widen_bf16x16(wr, len);
-      for (int m = 0; m < M; ++m)
-        part[r * M + m] = _mm512_fmadd_ps(simd::load_floats16(a.x + size_t(m) * K + k, len), wv, part[r * M + m]);
-    }
-  }
-  float sum[R * M];
-  tree_sums(part, sum);
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
-}
-#ifdef EPS_KERNELS_BF16DOT
-inline __mmask32 first_lanes32(int n) {
-  return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
-}
-
-// BF16 weights, BF16 activations: the same structure on pairs (chain j adds the pairs j, j+16,
-// j+32, j+48 of each 128-block, as micro_bf16 does), then the tree, then block after block.
-template <int M, int R, bool kWhole>
-inline void decode_bf16dot_block(const Activations& a, const Weight& w, int n, int b, size_t ahead, float (&acc)[R][M]) {
-  const int K = a.K, ldx = a.Kp, k0 = b * kQuantBlock, kc = kWhole ? kQuantBlock : std::min(kQuantBlock, K - k0);
-  const uint16_t* rows = w.bf16 + size_t(n) * K;
-  __m512 part[R * M];
-  for (auto& p : part) p = _mm512_setzero_ps();
-  for (int t = 0; 32 * t < kc; ++t) {
-    const int k = k0 + 32 * t, len = kWhole ? 32 : kc - 32 * t;
-    for (int r = 0; r < R; ++r) {
-      const uint16_t* wr = rows + size_t(r) * K + k;
-      // (Non-temporal: the lm_head's 265 MB pass through once; 1-3% faster than into L1.)
-      _mm_prefetch(reinterpret_cast<const char*>(wr + ahead), _MM_HINT_NTA);
-      const __m512bh wv = (__m512bh)(len >= 32 ? _mm512_loadu_si512(wr) : _mm512_maskz_loadu_epi16(first_lanes32(len), wr));
-      for (int m = 0; m < M; ++m) {
-        const __m512bh xv = (__m512bh)_mm512_loadu_si512(a.xb + size_t(m) * ldx + k);
-        part[r * M + m] = _mm512_dpbf16_ps(part[r * M + m], xv, wv);
-      }
-    }
-  }
-  float sum[R * M];
-  tree_sums(part, sum);
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) acc[r][m] += sum[r * M + m];
-}
-#endif
-
-// R rows of BF16 weights, block after block (kDot: BF16 activations, the pair blocks above), then
-// the FP32 sums stored.
-template <int M, int R, bool kDot = false>
-void decode_bf16_rows(const Activations& a, const Weight& w, int n, const Out& y) {
-  const size_t ahead = size_t(R) * a.K + 2048;  // in elements (2 bytes)
-  float acc[R][M] = {};
-  for (int b = 0; b < a.kb; ++b) {
-    const bool whole = whole_block(a.K, b);
-#ifdef EPS_KERNELS_BF16DOT
-    if constexpr (kDot) {
-      if (whole) decode_bf16dot_block<M, R, true>(a, w, n, b, ahead, acc);
-      else decode_bf16dot_block<M, R, false>(a, w, n, b, ahead, acc);
-      continue;
-    }
-#endif
-    if (whole) decode_bf16_block<M, R, true>(a, w, n, b, ahead, acc);
-    else decode_bf16_block<M, R, false>(a, w, n, b, ahead, acc);
-  }
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) y.row(m)[n + r] = acc[r][m];
-}
-
-template <int M>
-void decode_range_m(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
-  // Several weight rows at a time give independent FMA chains when M is small.
-  constexpr int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
-  int n = n0;
-#ifdef EPS_KERNELS_BF16DOT
-  if (a.xb) {
-    for (; n + R <= n1; n += R) decode_bf16_rows<M, R, true>(a, w, n, y);
-    for (; n < n1; ++n) decode_bf16_rows<M, 1, true>(a, w, n, y);
-    return;
-  }
-#endif
-  for (; n + R <= n1; n += R) decode_bf16_rows<M, R>(a, w, n, y);
-  for (; n < n1; ++n) decode_bf16_rows<M, 1>(a, w, n, y);
-}
-
-void decode_range(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
-  if (!w.is_bf16()) return decode_tiles(a, w, n0, n1, y);
-  switch (a.M) {
-    case 1: return decode_range_m<1>(a, w, n0, n1, y);
-    case 2: return decode_range_m<2>(a, w, n0, n1, y);
-    case 3: return decode_range_m<3>(a, w, n0, n1, y);
-    case 4: return decode_range_m<4>(a, w, n0, n1, y);
-    case 5: return decode_range_m<5>(a, w, n0, n1, y);
-    case 6: return decode_range_m<6>(a, w, n0, n1, y);
-    case 7: return decode_range_m<7>(a, w, n0, n1, y);
-    case 8: return decode_range_m<8>(a, w, n0, n1, y);
-    default: EPS_REQUIRE(false, "decode_range: M out of range");
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Prefill microkernels: kNr weight rows × V·16 activation rows, one k-block; the partial sums are
-// scaled and added to the FP32 tile ct ([n][ldc], activation rows contiguous).
-
-// The lane chains in the order the tree takes them (depth first), so that a stack of four
-// partial sums per output evaluates it: 0+8, 4+12, (0+8)+(4+12), ... (see decode_fp8_block).
-constexpr int kTreeLeaf[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
-
-// Combine the chain just finished (leaf `leaf` in kTreeLeaf order) with the stack.
-template <int V>
-inline void tree_push(int leaf, __m512 (&acc)[kNr][V], __m512 (&stack)[4][kNr][V]) {
-  int level = 0;
-  for (; (leaf >> level) & 1; ++level)
-#pragma GCC unroll 12
-    for (int j = 0; j < kNr; ++j)
-      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_add_ps(stack[level][j][v], acc[j][v]);
-  if (leaf < 15)
-#pragma GCC unroll 12
-    for (int j = 0; j < kNr; ++j)
-      for (int v = 0; v < V; ++v) stack[level][j][v] = acc[j][v];
-}
-
-template <int V>
-inline void micro_f32(const float* xp, const float* wd, int kc, float* ct, int ldc, const __m512* s) {
-  const int T = ceil_div(kc, 16);  // positions up to 16·T are zero past kc in both operands
-  __m512 acc[kNr][V], stack[4][kNr][V];
-  for (int leaf = 0; leaf < 16; ++leaf) {
-    const int c = kTreeLeaf[leaf];
-#pragma GCC unroll 12
-    for (int j = 0; j < kNr; ++j)
-      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
-    for (int t = 0; t < T; ++t) {
-      const int k = c + 16 * t;
-      __m512 xv[V];
-      for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(xp + size_t(k) * kPanel + 16 * v);
-#pragma GCC unroll 12
-      for (int j = 0; j < kNr; ++j) {
-        const __m512 wv = _mm512_set1_ps(wd[j * kQuantBlock + k]);
-        for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(xv[v], wv, acc[j][v]);
-      }
-    }
-    tree_push<V>(leaf, acc, stack);
-  }
-#pragma GCC unroll 12
-  for (int j = 0; j < kNr; ++j)
-    for (int v = 0; v < V; ++v) {
-      float* c = ct + size_t(j) * ldc + 16 * v;
-      _mm512_store_ps(c, _mm512_fmadd_ps(acc[j][v], s[v], _mm512_load_ps(c)));
-    }
-}
-
-#ifdef EPS_KERNELS_BF16DOT
-template <int V>
-inline void micro_bf16(const uint32_t* xp, const uint16_t* wd, int kc2, float* ct, int ldc, const __m512* s) {
-  const int T = ceil_div(kc2, 16);
-  __m512 acc[kNr][V], stack[4][kNr][V];
-  for (int leaf = 0; leaf < 16; ++leaf) {
-    const int c = kTreeLeaf[leaf];
-#pragma GCC unroll 12
-    for (int j = 0; j < kNr; ++j)
-      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
-    for (int t = 0; t < T; ++t) {
-      const int kp = c + 16 * t;
-      __m512bh xv[V];
-      for (int v = 0; v < V; ++v) xv[v] = (__m512bh)_mm512_load_si512(xp + size_t(kp) * kPanel + 16 * v);
-#pragma GCC unroll 12
-      for (int j = 0; j < kNr; ++j) {
-        uint32_t pair;
-        std::memcpy(&pair, wd + j * kQuantBlock + 2 * kp, 4);
-        const __m512bh wv = (__m512bh)_mm512_set1_epi32(int(pair));
-        for (int v = 0; v < V; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], xv[v], wv);
-      }
-    }
-    tree_push<V>(leaf, acc, stack);
-  }
-#pragma GCC unroll 12
-  for (int j = 0; j < kNr; ++j)
-    for (int v = 0; v < V; ++v) {
-      float* c = ct + size_t(j) * ldc + 16 * v;
-      _mm512_store_ps(c, _mm512_fmadd_ps(acc[j][v], s[v], _mm512_load_ps(c)));
-    }
-}
-#endif
-
-// BF16 weight rows [n0, n0+nn) × k-block [k0, k0+kc) widened into wd[kNChunkPad][128] (rows ≥ nn
-// and columns ≥ kc are zero).
-void widen_tile_bf16(const Weight& w, int n0, int nn, int k0, int kc, float* wd) {
-  for (int r = 0; r < nn; ++r) {
-    float* dst = wd + size_t(r) * kQuantBlock;
-    const uint16_t* src = w.bf16 + size_t(n0 + r) * w.K + k0;
-    for (int k = 0; k < kQuantBlock; k += 16) _mm512_store_ps(dst + k, simd::widen_bf16x16(src + k, kc - k));
-  }
-  std::memset(wd + size_t(nn) * kQuantBlock, 0, sizeof(float) * size_t(kNChunkPad - nn) * kQuantBlock);
-}
-
-#ifdef EPS_KERNELS_BF16DOT
-// BF16 weight rows [n0, n0+nn) × [k0, k0+kc) copied into wd[kNChunkPad][128] (zeros elsewhere).
-void copy_tile_bf16(const Weight& w, int n0, int nn, int k0, int kc, uint16_t* wd) {
-  for (int r = 0; r < nn; ++r) {
-    const uint16_t* src = w.bf16 + size_t(n0 + r) * w.K + k0;
-    uint16_t* dst = wd + size_t(r) * kQuantBlock;
-    for (int k = 0; k < kQuantBlock; k += 32)  // (a masked load of no lanes touches no memory)
-      _mm512_store_si512(dst + k, kc - k >= 32 ? _mm512_loadu_si512(src + k)
-                                               : _mm512_maskz_loadu_epi16(first_lanes32(kc - k), src + k));
-  }
-  std::memset(wd + size_t(nn) * kQuantBlock, 0, sizeof(uint16_t) * size_t(kNChunkPad - nn) * kQuantBlock);
-}
-#endif
-
-// BF16 weight rows [n0, n1) × activation panels [p0, p1).
-void prefill_item(const Activations& a, const Weight& w, int n0, int n1, int p0, int p1, const Out& y) {
-  const int kb = a.kb, nn = n1 - n0, groups = ceil_div(nn, kNr);
-  const int ldc = (p1 - p0) * kPanel;
-  float* ct = tl_tile.get<float>(size_t(kNChunkPad) * ldc);
-  std::memset(ct, 0, sizeof(float) * size_t(groups) * kNr * ldc);
-  [[maybe_unused]] const bool bf16dot = a.bf16x;  // BF16 activations: vdpbf16ps (AVX512-BF16)
-  float* wd = tl_weights.get<float>(size_t(kNChunkPad) * kQuantBlock);
-  const __m512 s[2] = {_mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f)};
-  for (int b = 0; b < kb; ++b) {
-    const int k0 = b * kQuantBlock, kc = std::min(kQuantBlock, a.K - k0);
-#ifdef EPS_KERNELS_BF16DOT
-    if (bf16dot) copy_tile_bf16(w, n0, nn, k0, kc, reinterpret_cast<uint16_t*>(wd));
-    else
-#endif
-      widen_tile_bf16(w, n0, nn, k0, kc, wd);
-    for (int p = p0; p < p1; ++p) {
-      const int rows = std::min(kPanel, a.M - p * kPanel);
-      float* ctp = ct + (p - p0) * kPanel;
-      for (int g = 0; g < groups; ++g) {
-        if (p == p0) prefetch_next_tile_rows(w, n0, g * kNr, std::min(nn, (g + 1) * kNr), k0 + kQuantBlock);
-        float* ctg = ctp + size_t(g) * kNr * ldc;
-#ifdef EPS_KERNELS_BF16DOT
-        if (bf16dot) {
-          const uint32_t* xp = a.xpb + (size_t(p) * (a.Kp / 2) + k0 / 2) * kPanel;
-          const uint16_t* wg = reinterpret_cast<const uint16_t*>(wd) + size_t(g) * kNr * kQuantBlock;
-          if (rows > 16) micro_bf16<2>(xp, wg, ceil_div(kc, 2), ctg, ldc, s);
-          else micro_bf16<1>(xp, wg, ceil_div(kc, 2), ctg, ldc, s);
-          continue;
-        }
-#endif
-        const float* xp = a.xp + (size_t(p) * a.Kp + k0) * kPanel;
-        const float* wg = wd + size_t(g) * kNr * kQuantBlock;
-        if (rows > 16) micro_f32<2>(xp, wg, kc, ctg, ldc, s);
-        else micro_f32<1>(xp, wg, kc, ctg, ldc, s);
-      }
-    }
-  }
-  // Transpose the tile out into y in 16 × 16 blocks, in registers. Tile rows past nn and columns past `rows` may hold anything: they are never stored.
-  const int m0 = p0 * kPanel, rows = std::min(a.M, p1 * kPanel) - m0;
-  for (int mb = 0; mb < rows; mb += 16)
-    for (int rb = 0; rb < nn; rb += 16) {
-      __m512i v[16];
-      for (int r = 0; r < 16; ++r) v[r] = _mm512_load_si512(ct + size_t(rb + r) * ldc + mb);
-      simd::transpose16x16_epi32(v);
-      const __mmask16 lanes = simd::first_lanes16(nn - rb);
-      for (int m = 0; m < std::min(16, rows - mb); ++m) {
-        _mm512_mask_storeu_ps(y.row(m0 + mb + m) + n0 + rb, lanes, _mm512_castsi512_ps(v[m]));
-      }
-    }
-}
+void decode_range(const Activations& a, const Weight& w, int n0, int n1, const Out& y) { decode_tiles(a, w, n0, n1, y); }
 
 #elif defined(EPS_KERNELS_AVX2)
 #include "kernels/matmul_avx2-inl.h"
@@ -899,7 +595,7 @@ void add_items(std::vector<Item>& items, int job, const Activations& a, const We
   const size_t row_bytes = size_t(w.K) * (w.is_bf16() ? 2 : 1);
   const int count = std::max(min_items, int(ceil_div(size_t(N) * row_bytes, kDecodeItemBytes)));
 #ifdef EPS_KERNELS_AVX512
-  const int align = w.is_bf16() ? 16 : 32;  // FP8 tiles: 32 outputs per widening
+  const int align = 32;  // tiles: 32 outputs per widening or pair of loads
 #else
   const int align = 16;
 #endif
@@ -912,9 +608,10 @@ void run_item(const Job& j, const Item& it) {
 #ifdef EPS_KERNELS_SIMD
   if (a.prefill) {
 #ifdef EPS_KERNELS_AVX512
-    if (!j.w.is_bf16()) return prefill_tiles_item(a, j.w, it.n0, it.p0 * kPanel, std::min(a.M, it.p1 * kPanel), j.y);
-#endif
+    return prefill_tiles_item(a, j.w, it.n0, it.p0 * kPanel, std::min(a.M, it.p1 * kPanel), j.y);
+#else
     return prefill_item(a, j.w, it.n0, it.n1, it.p0, it.p1, j.y);
+#endif
   }
 #endif
   decode_range(a, j.w, it.n0, it.n1, j.y);
@@ -992,6 +689,28 @@ void pack_fp8_tiles(const Fp8Matrix& w, std::span<uint8_t> out) {
         for (int j = 0; j < 32; ++j) dst[j] = in[32 * g + word[size_t(j)]][kp];
       }
   }
+#endif
+}
+
+size_t bf16_tiles_bytes(int rows, int cols) { return 2 * fp8_tiles_bytes(rows, cols); }
+
+void pack_bf16_tiles(const Bf16Matrix& w, std::span<uint8_t> out) {
+  EPS_REQUIRE(out.size() == bf16_tiles_bytes(w.rows, w.cols), "pack_bf16_tiles: output of the wrong size");
+#ifdef EPS_KERNELS_AVX512
+  EPS_REQUIRE(w.values.size() >= size_t(w.rows) * w.cols, "pack_bf16_tiles: weight values too small");
+  const int nbs = ceil_div(w.rows, kTileN), kb = ceil_div(w.cols, kQuantBlock);
+  const long count = long(nbs) * kb;
+  // (Over the threads for the lm_head's 8,000 tiles; a gate's 16 on the calling one.)
+  parallel_for(count, count >= 256, [&](long t) {
+    const int nb = int(t / kb), b = int(t % kb);
+    uint32_t* tile = reinterpret_cast<uint32_t*>(out.data() + size_t(t) * 2 * kTileBytes);
+    const int rows = std::min(kTileN, w.rows - nb * kTileN), cols = std::min(kQuantBlock, w.cols - b * kQuantBlock);
+    std::memset(tile, 0, 2 * kTileBytes);
+    for (int c = 0; c < rows; ++c) {
+      const bf16* src = w.values.data() + size_t(nb * kTileN + c) * w.cols + size_t(b) * kQuantBlock;
+      for (int k = 0; k < cols; ++k) tile[size_t(k / 2) * kTileN + c] |= uint32_t(src[k].bits) << (16 * (k % 2));
+    }
+  });
 #endif
 }
 

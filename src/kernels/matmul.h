@@ -46,7 +46,15 @@ struct Bf16Matrix {
   std::span<const bf16> values;  // [rows, cols]
   int rows = 0;
   int cols = 0;
+  std::span<const uint8_t> tiles;  // pack_bf16_tiles(*this): required by the AVX-512 kernels
 };
+
+// The same tile layout for BF16 weights (the lm_head, the router gates): each 128 × 128 block as
+// 64 k-pairs × 128 outputs × 2 values (value k in the low half of each 32-bit pair), zero-padded,
+// so that the FP8 tiles' kernels run them with the loads in place of the widening. None (0 bytes)
+// in builds whose kernels read `values` as stored.
+size_t bf16_tiles_bytes(int rows, int cols);
+void pack_bf16_tiles(const Bf16Matrix& w, std::span<uint8_t> out);  // out: bf16_tiles_bytes long
 
 // Activations quantized per row per 128 columns (what DeepSeek dispatches between ranks).
 struct Fp8Rows {

@@ -1,7 +1,7 @@
-// The AVX-512 kernels for FP8 weights, which read the weights as tiles (pack_fp8_tiles): each
-// 128 × 128 block stored as 64 k-pairs × 128 outputs × 2 codes, so that a vector of widened codes
-// holds 16 outputs' pairs (k, k+1) and the activations are broadcast. Included by matmul.cpp
-// inside its anonymous namespace.
+// The AVX-512 kernels, which read the weights as tiles (pack_fp8_tiles, pack_bf16_tiles): each
+// 128 × 128 block stored as 64 k-pairs × 128 outputs × 2 codes (or BF16 values), so that a vector
+// of widened codes (or of loaded values) holds 16 outputs' pairs (k, k+1) and the activations are
+// broadcast. Included by matmul.cpp inside its anonymous namespace.
 //
 // Batch invariance without a lane tree: per output n and 128-block b, one chain from zero over the
 // block's pairs in k order (vdpbf16ps of the pair under DeepSeek numerics with AVX512-BF16; else two
@@ -67,6 +67,7 @@ inline __m512 pair_second(__m512i v) {
 // widenings left out (2^8 for the activations, kWiden64Scale for the weights; exact); exact
 // numerics, the weight's scale.
 inline float tile_scale(const Activations& a, const Weight& w, int m, int n0, int b) {
+  if (w.bf16_tiles) return 1.0f;  // BF16 weights: no scales, nothing left out
   const float ws = w.scales[size_t(n0 / kQuantBlock) * a.kb + b];
   return a.deepseek ? (a.xscale[size_t(m) * a.kb + b] * ws) * (simd::kFp8WidenScale * simd::kWiden64Scale)
                     : ws * simd::kWiden64Scale;
@@ -81,109 +82,152 @@ inline const float* x_floats(const Activations& a, int m, int b) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode: outputs [n, n + 16·NV) of one tile row (n a multiple of 32) for all M activation rows,
-// the tiles of every block streamed in turn.
-template <int M, int NV, bool kDot>
-void decode_tile_columns(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, const Out& y) {
+// Decode, block b of one tile row: outputs [n, n + 16·NV) (n a multiple of 32) for all M
+// activation rows (kBf16: BF16 tiles, loaded instead of widened); each output's block sum times
+// the block's scale added into total ([M][kTileN], the tile row's FP32 sums).
+// first_run: the block's first run over a tile row read in several, which fetches whole rows of
+// the tile ahead for the runs after it.
+template <int M, int NV, bool kDot, bool kBf16>
+inline void decode_tile_block(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n, int b, float* total,
+                              bool first_run) {
   static_assert(NV % 2 == 0);
   const int nb = n / kTileN, c0 = n % kTileN;
-  __m512 total[M][NV];
-  for (auto& row : total)
-    for (auto& v : row) v = _mm512_setzero_ps();
-  for (int b = 0; b < a.kb; ++b) {
-    const uint8_t* tile = w.tiles + (size_t(nb) * a.kb + b) * kTileBytes + 2 * c0;
-    __m512 acc[M][NV];
+  constexpr int kRowBytes = kBf16 ? 2 * kTileRowBytes : kTileRowBytes;  // one k-pair of the tile
+  const uint8_t* tile_start = kBf16 ? reinterpret_cast<const uint8_t*>(w.bf16_tiles) + (size_t(nb) * a.kb + b) * 2 * kTileBytes
+                                    : w.tiles + (size_t(nb) * a.kb + b) * kTileBytes;
+  const uint8_t* tile = tile_start + (kBf16 ? 4 : 2) * c0;
+  __m512 acc[M][NV];
 #pragma GCC unroll 8
-    for (int m = 0; m < M; ++m)
+  for (int m = 0; m < M; ++m)
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_ps();
-    const float* xf[M];
-    if constexpr (!kDot)
-      for (int m = 0; m < M; ++m) xf[m] = x_floats(a, m, b);
+    for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_ps();
+  const float* xf[M];
+  if constexpr (!kDot)
+    for (int m = 0; m < M; ++m) xf[m] = x_floats(a, m, b);
 #pragma GCC unroll 2  // (measured 1.3× faster than one pair per iteration on Zen 5, BF16 dot)
-    for (int kp = 0; kp < kTilePairs; ++kp) {
+  for (int kp = 0; kp < kTilePairs; ++kp) {
+    if (first_run) {
+      const uint8_t* ahead = tile_start + size_t(kp) * kRowBytes + (kBf16 ? 2 : 1) * kDecodePrefetchBytes;
+      for (int l = 0; l < kRowBytes / 64; ++l) _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * l), _MM_HINT_T0);
+    }
+    __m512i wv[NV];
+    if constexpr (kBf16) {
+      const uint8_t* row = tile + size_t(kp) * 2 * kTileRowBytes;
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        // Non-temporal where a run reads whole tile rows (M ≤ 2: the lm_head's 265 MB pass
+        // through once); the first of narrower runs fetches whole rows for the others.
+        const char* ahead = reinterpret_cast<const char*>(row + 64 * v + 2 * kDecodePrefetchBytes);
+        if constexpr (NV == kTileN / 16) _mm_prefetch(ahead, _MM_HINT_NTA);
+        else if (!first_run) _mm_prefetch(ahead, _MM_HINT_T0);
+        wv[v] = _mm512_loadu_si512(row + 64 * v);
+      }
+    } else {
       const uint8_t* row = tile + size_t(kp) * kTileRowBytes;
-      __m512i wv[NV];
 #pragma GCC unroll 4
       for (int g = 0; g < NV / 2; ++g) {
-        _mm_prefetch(reinterpret_cast<const char*>(row + 64 * g + kDecodePrefetchBytes), _MM_HINT_T0);
+        if (!first_run) _mm_prefetch(reinterpret_cast<const char*>(row + 64 * g + kDecodePrefetchBytes), _MM_HINT_T0);
         widen_tile64(lut, row + 64 * g, wv[2 * g], wv[2 * g + 1]);
-      }
-#pragma GCC unroll 8
-      for (int m = 0; m < M; ++m) {
-        if constexpr (kDot) {
-#ifdef EPS_KERNELS_BF16DOT
-          const __m512bh xp = x_pair(a, m, b, kp);
-#pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], xp, (__m512bh)wv[v]);
-#endif
-        } else {
-          const __m512 x0 = _mm512_set1_ps(xf[m][2 * kp]), x1 = _mm512_set1_ps(xf[m][2 * kp + 1]);
-#pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) {
-            acc[m][v] = _mm512_fmadd_ps(x0, pair_first(wv[v]), acc[m][v]);
-            acc[m][v] = _mm512_fmadd_ps(x1, pair_second(wv[v]), acc[m][v]);
-          }
-        }
       }
     }
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
-      const __m512 s = _mm512_set1_ps(tile_scale(a, w, m, n, b));
+      if constexpr (kDot) {
+#ifdef EPS_KERNELS_BF16DOT
+        const __m512bh xp = x_pair(a, m, b, kp);
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) total[m][v] = _mm512_fmadd_ps(acc[m][v], s, total[m][v]);
+        for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], xp, (__m512bh)wv[v]);
+#endif
+      } else {
+        const __m512 x0 = _mm512_set1_ps(xf[m][2 * kp]), x1 = _mm512_set1_ps(xf[m][2 * kp + 1]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+          acc[m][v] = _mm512_fmadd_ps(x0, pair_first(wv[v]), acc[m][v]);
+          acc[m][v] = _mm512_fmadd_ps(x1, pair_second(wv[v]), acc[m][v]);
+        }
+      }
     }
   }
-  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+  for (int m = 0; m < M; ++m) {
+    const __m512 s = _mm512_set1_ps(tile_scale(a, w, m, n, b));
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
-      const __m512 out = a.deepseek ? simd::round_to_bf16x16(total[m][v]) : total[m][v];
-      _mm512_mask_storeu_ps(y.row(m) + n + 16 * v, simd::first_lanes16(w.N - n - 16 * v), out);
+      float* t = total + size_t(m) * kTileN + c0 + 16 * v;
+      _mm512_store_ps(t, _mm512_fmadd_ps(acc[m][v], s, _mm512_load_ps(t)));
+    }
+  }
+}
+
+// Outputs [n0, n1) of one tile row (n0 a multiple of 32, n1 too or within the padding past N),
+// block after block, in column runs as wide as the registers allow: the runs of a block read the
+// same tile one after another, so that only the first takes it from memory. (Each run streaming
+// every block before the next run started, the BF16 lm_head at 4-8 rows ran 20-40% slower than
+// at 1.) The order of the sums does not depend on the runs: per output, block sum after block sum.
+template <int M, bool kDot, bool kBf16>
+void decode_tile_row(const Activations& a, const Weight& w, const simd::Fp8Lut& lut, int n0, int n1, const Out& y) {
+  constexpr int kWide = M <= 2 ? 8 : M <= 4 ? 4 : 2;  // vectors of 16 outputs per run
+  alignas(64) float total[M * kTileN];
+  const int c0 = n0 % kTileN, c1 = c0 + (n1 - n0);
+  for (int m = 0; m < M; ++m) std::fill(total + m * kTileN + c0, total + m * kTileN + c1, 0.0f);
+  const bool several = n1 - n0 > 16 * kWide;  // runs per block
+  for (int b = 0; b < a.kb; ++b)
+    for (int n = n0; n < n1;) {
+      const int left = n1 - n;
+      const bool first = several && n == n0;
+      if (kWide >= 8 && left >= 128) {
+        decode_tile_block<M, 8, kDot, kBf16>(a, w, lut, n, b, total, first);
+        n += 128;
+      } else if (kWide >= 4 && left >= 64) {
+        decode_tile_block<M, 4, kDot, kBf16>(a, w, lut, n, b, total, first);
+        n += 64;
+      } else {
+        decode_tile_block<M, 2, kDot, kBf16>(a, w, lut, n, b, total, first);
+        n += 32;
+      }
+    }
+  for (int m = 0; m < M; ++m)
+    for (int n = n0; n < std::min(n1, w.N); n += 16) {
+      const __m512 v = _mm512_load_ps(total + m * kTileN + n % kTileN);
+      _mm512_mask_storeu_ps(y.row(m) + n, simd::first_lanes16(w.N - n), a.deepseek ? simd::round_to_bf16x16(v) : v);
     }
 }
 
-// Outputs [n0, n1) (n0 a multiple of 32; n1 too, or N), as wide a column run per call as the
-// registers allow. (Columns past N are zeros in the tiles and never stored.)
-template <int M, bool kDot>
+// Outputs [n0, n1) (n0 a multiple of 32; n1 too, or N), tile row by tile row. (Columns past N are
+// zeros in the tiles and never stored.)
+template <int M, bool kDot, bool kBf16>
 void decode_tiles_m(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
-  constexpr int kWide = M <= 2 ? 8 : M <= 4 ? 4 : 2;  // vectors of 16 outputs per call
   const auto& t = fp8_tables();
   const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
   const int end = n1 == w.N ? ceil_div(n1, 32) * 32 : n1;  // the last run may reach into the padding
-  for (int n = n0; n < n1;) {
-    const int left_in_tile = kTileN - n % kTileN, left = end - n;
-    if (kWide >= 8 && left_in_tile >= 128 && left >= 128) {
-      decode_tile_columns<M, 8, kDot>(a, w, lut, n, y);
-      n += 128;
-    } else if (kWide >= 4 && left_in_tile >= 64 && left >= 64) {
-      decode_tile_columns<M, 4, kDot>(a, w, lut, n, y);
-      n += 64;
-    } else {
-      decode_tile_columns<M, 2, kDot>(a, w, lut, n, y);
-      n += 32;
-    }
+  for (int n = n0; n < end;) {
+    const int row_end = std::min(end, (n / kTileN + 1) * kTileN);
+    decode_tile_row<M, kDot, kBf16>(a, w, lut, n, row_end, y);
+    n = row_end;
   }
 }
 
-template <bool kDot>
+template <bool kDot, bool kBf16>
 void decode_tiles_dot(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
   switch (a.M) {
-    case 1: return decode_tiles_m<1, kDot>(a, w, n0, n1, y);
-    case 2: return decode_tiles_m<2, kDot>(a, w, n0, n1, y);
-    case 3: return decode_tiles_m<3, kDot>(a, w, n0, n1, y);
-    case 4: return decode_tiles_m<4, kDot>(a, w, n0, n1, y);
-    case 5: return decode_tiles_m<5, kDot>(a, w, n0, n1, y);
-    case 6: return decode_tiles_m<6, kDot>(a, w, n0, n1, y);
-    case 7: return decode_tiles_m<7, kDot>(a, w, n0, n1, y);
-    case 8: return decode_tiles_m<8, kDot>(a, w, n0, n1, y);
+    case 1: return decode_tiles_m<1, kDot, kBf16>(a, w, n0, n1, y);
+    case 2: return decode_tiles_m<2, kDot, kBf16>(a, w, n0, n1, y);
+    case 3: return decode_tiles_m<3, kDot, kBf16>(a, w, n0, n1, y);
+    case 4: return decode_tiles_m<4, kDot, kBf16>(a, w, n0, n1, y);
+    case 5: return decode_tiles_m<5, kDot, kBf16>(a, w, n0, n1, y);
+    case 6: return decode_tiles_m<6, kDot, kBf16>(a, w, n0, n1, y);
+    case 7: return decode_tiles_m<7, kDot, kBf16>(a, w, n0, n1, y);
+    case 8: return decode_tiles_m<8, kDot, kBf16>(a, w, n0, n1, y);
     default: EPS_REQUIRE(false, "decode_tiles: M out of range");
   }
 }
 
 void decode_tiles(const Activations& a, const Weight& w, int n0, int n1, const Out& y) {
+  const bool bf16 = w.bf16_tiles != nullptr;
 #ifdef EPS_KERNELS_BF16DOT  // (xt exists only where vdpbf16ps does)
-  if (a.xt) return decode_tiles_dot<true>(a, w, n0, n1, y);
+  if (a.xt) return bf16 ? decode_tiles_dot<true, true>(a, w, n0, n1, y) : decode_tiles_dot<true, false>(a, w, n0, n1, y);
 #endif
-  decode_tiles_dot<false>(a, w, n0, n1, y);
+  bf16 ? decode_tiles_dot<false, true>(a, w, n0, n1, y) : decode_tiles_dot<false, false>(a, w, n0, n1, y);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,7 +310,28 @@ void micro_tile_rows(const Activations& a, int m0, int rows, int b, const void* 
 // Tile (nb, b) widened: BF16 pairs [64][128] (kDot) or floats [128][128], k in order. The next
 // tile of the row is fetched into L2 meanwhile, line for line, so that its widening does not wait
 // on memory (a grouped call of 256 experts × 16 rows, one thread: 15% faster; × 64 rows: 7%).
-void widen_tile(const Weight& w, const simd::Fp8Lut& lut, int nb, int b, bool dot, void* out) {
+// BF16 tiles: copied (kDot) or their values as floats, the next tile fetched the same way.
+// (Read in place by the microkernels, the lm_head's tiles came from memory without a prefetch.)
+const void* widen_tile(const Weight& w, const simd::Fp8Lut& lut, int nb, int b, bool dot, void* out) {
+  if (w.bf16_tiles) {
+    constexpr size_t kTileWords = size_t(kTilePairs) * kTileN;
+    const uint32_t* tile = w.bf16_tiles + (size_t(nb) * w.kb + b) * kTileWords;
+    const bool fetch_next = b + 1 < w.kb;
+    for (int kp = 0; kp < kTilePairs; ++kp)
+      for (int v = 0; v < kTileN / 16; ++v) {
+        const uint32_t* src = tile + size_t(kp) * kTileN + 16 * v;
+        if (fetch_next) _mm_prefetch(reinterpret_cast<const char*>(src + kTileWords), _MM_HINT_T1);
+        const __m512i p = _mm512_loadu_si512(src);
+        if (dot) {
+          _mm512_store_si512(static_cast<uint32_t*>(out) + size_t(kp) * kTileN + 16 * v, p);
+          continue;
+        }
+        float* d = static_cast<float*>(out) + size_t(2 * kp) * kTileN + 16 * v;
+        _mm512_store_ps(d, pair_first(p));
+        _mm512_store_ps(d + kTileN, pair_second(p));
+      }
+    return out;
+  }
   const uint8_t* tile = w.tiles + (size_t(nb) * w.kb + b) * kTileBytes;
   const bool fetch_next = b + 1 < w.kb;
   for (int kp = 0; kp < kTilePairs; ++kp)
@@ -286,6 +351,7 @@ void widen_tile(const Weight& w, const simd::Fp8Lut& lut, int nb, int b, bool do
         _mm512_store_ps(d + kTileN + 16, pair_second(w1));
       }
     }
+  return out;
 }
 
 // Outputs [n0, n0 + 128) ∩ [0, N) × activation rows [m0, m1).
@@ -299,16 +365,16 @@ void prefill_tiles_item(const Activations& a, const Weight& w, int n0, int m0, i
   const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
   float s[kPanel * kItemPanels];
   for (int b = 0; b < a.kb; ++b) {
-    widen_tile(w, lut, nb, b, dot, wt);
+    const void* wb = widen_tile(w, lut, nb, b, dot, wt);
     for (int i = 0; i < rows; ++i) s[i] = tile_scale(a, w, m0 + i, n0, b);
     for (int c0 = 0; c0 < cols; c0 += kMicroVectors * 16) {
 #ifdef EPS_KERNELS_BF16DOT
       if (dot) {
-        micro_tile_rows<true>(a, m0, rows, b, wt, c0, ct, s);
+        micro_tile_rows<true>(a, m0, rows, b, wb, c0, ct, s);
         continue;
       }
 #endif
-      micro_tile_rows<false>(a, m0, rows, b, wt, c0, ct, s);
+      micro_tile_rows<false>(a, m0, rows, b, wb, c0, ct, s);
     }
   }
   for (int i = 0; i < rows; ++i) {

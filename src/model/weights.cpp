@@ -41,16 +41,32 @@ class Loader {
     }
     pending_.clear();
   }
-  Bf16Matrix bf16m(const std::string& name, const std::vector<int64_t>& shape) {
+  // A BF16 matrix read row by row (the embedding): a copy in huge pages, the mapped pages dropped.
+  // The mapping's 4 KB pages faulted in at first touch (a prefill's embedding rows, 10-45 ms on a
+  // PVM guest) and missed the TLB while a matrix streamed (the lm_head at batch 1: its 265 MB in
+  // 6.3-6.5 ms mapped, 5.0 ms in huge pages).
+  Bf16Matrix bf16_rows(const std::string& name, const std::vector<int64_t>& shape) {
     auto v = ckpt_.tensor(name, Dtype::BF16, shape);
     bytes_ += v.size();
-    // A copy in huge pages, the mapped pages dropped: the mapping's 4 KB pages faulted in at first
-    // touch (a prefill's embedding rows, 10-45 ms on a PVM guest) and missed the TLB while the
-    // lm_head streamed (batch-1 decode: its 265 MB in 6.3-6.5 ms mapped, 5.0 ms in huge pages).
     auto copy = arena_.allocate(v.size());
     std::memcpy(copy.data(), v.data(), v.size());
     Checkpoint::release(v);
-    return Bf16Matrix{{reinterpret_cast<const bf16*>(copy.data()), v.size() / 2}, int(shape[0]), int(shape[1])};
+    return Bf16Matrix{{reinterpret_cast<const bf16*>(copy.data()), v.size() / 2}, int(shape[0]), int(shape[1]), {}};
+  }
+  // A BF16 matrix the kernels multiply (the lm_head, the router gates): where they read tiles
+  // (pack_bf16_tiles), those in huge pages and the mapped values dropped (the twins may still read
+  // them); elsewhere the row copy above.
+  Bf16Matrix bf16_matmul(const std::string& name, const std::vector<int64_t>& shape) {
+    const size_t tile_bytes = kernels::bf16_tiles_bytes(int(shape[0]), int(shape[1]));
+    if (tile_bytes == 0) return bf16_rows(name, shape);
+    auto v = ckpt_.tensor(name, Dtype::BF16, shape);
+    bytes_ += v.size();
+    Bf16Matrix w{{reinterpret_cast<const bf16*>(v.data()), v.size() / 2}, int(shape[0]), int(shape[1]), {}};
+    const auto tiles = arena_.allocate(tile_bytes);
+    kernels::pack_bf16_tiles(w, tiles);
+    Checkpoint::release(v);
+    w.tiles = tiles;
+    return w;
   }
   std::vector<float> norm(const std::string& name, int64_t n) {
     auto v = ckpt_.tensor(name, Dtype::BF16, {n});
@@ -102,8 +118,8 @@ ModelWeights ModelWeights::load(const std::filesystem::path& dir, const LoadOpti
   m.arena_ = std::make_unique<HugePageArena>();
   Loader load(*m.checkpoint_, c, *m.arena_);
   const int64_t d = c.hidden_size, h = c.num_attention_heads;
-  m.embed = load.bf16m("model.embed_tokens.weight", {c.vocab_size, d});
-  m.lm_head = load.bf16m("lm_head.weight", {c.vocab_size, d});
+  m.embed = load.bf16_rows("model.embed_tokens.weight", {c.vocab_size, d});
+  m.lm_head = load.bf16_matmul("lm_head.weight", {c.vocab_size, d});
   m.final_norm = load.norm("model.norm.weight", d);
   const bool show = options.progress && weight_bytes(c, c.n_routed_experts) > (256 << 20);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -126,7 +142,7 @@ ModelWeights ModelWeights::load(const std::filesystem::path& dir, const LoadOpti
       L.dense = load.mlp(p + "mlp.", d, c.intermediate_size);
     } else {
       MoeWeights moe;
-      moe.gate = load.bf16m(p + "mlp.gate.weight", {c.n_routed_experts, d});
+      moe.gate = load.bf16_matmul(p + "mlp.gate.weight", {c.n_routed_experts, d});
       moe.correction_bias = load.f32(p + "mlp.gate.e_score_correction_bias", c.n_routed_experts);
       moe.experts.resize(c.n_routed_experts);
       for (int e = 0; e < c.n_routed_experts; ++e)

@@ -119,19 +119,21 @@ Hardware cpu_preset(const CpuMeasurement& m) {
   h.gemm_bf16_eff = h.gemm_eff;  // BF16 weights' prefill-regime products
   h.attn_prefill_eff = 0.112;  // the naive path's blocked causal kernel (src/model/attention_core.cpp)
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-  // AVX-512 builds: FITTED 2026-12-02 15:35 UTC (Zen 5, one thread; `sim engine --fit` over the 8-
-  // and 5-layer cases above with hbm, hbm_dot and dequant held; docs/PERFORMANCE.md "Zen 5,
-  // 2026-12-02 14:30"), after the FP8 tiles, the page-fault work, the absorbed attention kernel and
-  // with the BF16 weights' prefill-regime products (the lm_head at 16-64 sequences) priced apart.
-  // The model sums terms that these kernels overlap (a decode product's stream and multiply-adds; a
-  // prefill product's tile widening and multiply-adds), so decode_flop and gemm came out above 1:
-  // fitted weights, no longer fractions of a peak. Held out, the 3-layer cases: -11 / -6 / -7 / +5
-  // / -12% (prefill 1x192, decode 1@128, 8@256, 16@128, 32@128). (A free dequant fits negative.)
-  h.decode_flop_eff = 1.56;
-  h.gemm_eff = 1.30;
-  h.gemm_bf16_eff = 0.63;
-  h.attn_eff = 0.26;
-  h.attn_prefill_eff = 0.19;
+  // AVX-512 builds: FITTED 2026-12-02 15:43 UTC (Zen 5, one thread; `sim engine --fit` over the 8-
+  // and 5-layer cases above with hbm and dequant held; docs/PERFORMANCE.md "Zen 5, 2026-12-02
+  // 14:30"), after the FP8 tiles, the page-fault work, the absorbed attention kernel and the BF16
+  // weights as tiles, with the BF16 weights' prefill-regime products (the lm_head at 16-64
+  // sequences) priced apart. The model sums terms that these kernels overlap (a decode product's
+  // stream and multiply-adds; a prefill product's tile widening and multiply-adds), so several came
+  // out above 1: fitted weights, no longer fractions of a peak (the lm_head's non-temporal stream
+  // also beats the read probe on one thread). Held out, the 3-layer cases: -18 / -11 / -10 / +1 /
+  // -16% (prefill 1x192, decode 1@128, 8@256, 16@128, 32@128). (A free dequant fits negative.)
+  h.hbm_dot_eff = 1.03;
+  h.decode_flop_eff = 1.22;
+  h.gemm_eff = 1.40;
+  h.gemm_bf16_eff = 1.12;
+  h.attn_eff = 0.135;
+  h.attn_prefill_eff = 0.143;
 #endif
   h.mla_decode_flop_eff = h.attn_eff;
   h.mla_decode_mem_eff = h.hbm_eff;

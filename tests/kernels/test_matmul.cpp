@@ -49,6 +49,17 @@ struct Weight {
   }
 };
 
+// BF16 weights with their tiles, where this build's kernels read them.
+struct Bf16Weight {
+  std::vector<uint8_t> tiles;
+  Bf16Matrix m;
+  explicit Bf16Weight(const std::vector<bf16>& values, int N, int K) : m{values, N, K, {}} {
+    tiles.resize(kernels::bf16_tiles_bytes(N, K));
+    kernels::pack_bf16_tiles(m, tiles);
+    m.tiles = tiles;
+  }
+};
+
 // Random FP8 codes: mostly uniform over finite codes, with many subnormal and extreme codes.
 uint8_t random_code(std::mt19937_64& rng) {
   const int kind = int(rng() % 10);
@@ -493,7 +504,8 @@ TEST(Kernels, MatmulBf16AgainstFp64AndTwin) {
     for (int N : kNs) {
       std::vector<bf16> wv(size_t(N) * K);
       for (auto& v : wv) v = float_to_bf16(nd(rng) * std::exp2(e(rng)));
-      const Bf16Matrix w{wv, N, K};
+      const Bf16Weight packed(wv, N, K);
+      const Bf16Matrix& w = packed.m;
       for (int M : kMs) {
         SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K));
         const auto x = make_x(M, K, rng);
@@ -531,7 +543,8 @@ TEST(Kernels, MatmulBf16DeepSeekAgainstFp64AndTwin) {
     for (int N : kNs) {
       std::vector<bf16> wv(size_t(N) * K);
       for (auto& v : wv) v = float_to_bf16(nd(rng) * std::exp2(e(rng)));
-      const Bf16Matrix w{wv, N, K};
+      const Bf16Weight packed(wv, N, K);
+      const Bf16Matrix& w = packed.m;
       for (int M : kMs) {
         SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K));
         auto x = make_x(M, K, rng);
@@ -576,7 +589,8 @@ TEST(Kernels, RowResultsDoNotDependOnBatch) {
     const Weight w = make_weight(N, K, rng);
     std::vector<bf16> bv(size_t(N) * K);
     for (auto& v : bv) v = float_to_bf16(nd(rng) * 0.05f);
-    const Bf16Matrix wb{bv, N, K};
+    const Bf16Weight packed(bv, N, K);
+    const Bf16Matrix& wb = packed.m;
     for (int M : {2, 3, 8, 9, 33, 129}) {
       const auto x = make_x(M, K, rng);
       for (int pos : {0, M / 2, M - 1}) {
