@@ -98,14 +98,22 @@ TEST(Cli, BenchJsonFiguresFollowFromTheirTimes) {
   EXPECT_DOUBLE_EQ(pf["seconds"].get<double>(), best);
   EXPECT_NEAR(j["prefill_tokens_per_s"].get<double>(), 48 / best, 1e-9 * 48 / best);
   EXPECT_LE(pf["median_tokens_per_s"].get<double>(), j["prefill_tokens_per_s"].get<double>() * (1 + 1e-12));
+  // Each figure is a fraction of the better of the probes around it (one before the prefill, one
+  // after it and after each decode batch size); the ceilings are the best of all of them.
   const auto& ceil = j["ceilings"];
-  const double peak = ceil["arithmetic_ceiling"] == "bf16_dot" ? ceil["bf16_dot_gflops"].get<double>()
-                                                                 : ceil["fp32_fma_gflops"].get<double>();
+  const double best_peak = ceil["arithmetic_ceiling"] == "bf16_dot" ? ceil["bf16_dot_gflops"].get<double>()
+                                                                      : ceil["fp32_fma_gflops"].get<double>();
+  const auto& probes = ceil["probes"];
+  ASSERT_EQ(probes.size(), 4u);  // before and after the prefill, after each of the two batch sizes
+  const double peak = pf["arithmetic_ceiling_gflops"].get<double>();
+  EXPECT_DOUBLE_EQ(peak, std::max(probes[0]["arithmetic_gflops"].get<double>(), probes[1]["arithmetic_gflops"].get<double>()));
   ASSERT_GT(peak, 0);
+  EXPECT_LE(peak, best_peak);
   EXPECT_NEAR(pf["fraction_of_arithmetic_ceiling"].get<double>(), pf["gflops"].get<double>() / peak, 1e-9);
   EXPECT_LE(pf["median_fraction_of_arithmetic_ceiling"].get<double>(),
             pf["fraction_of_arithmetic_ceiling"].get<double>() * (1 + 1e-12));
   double bytes1 = 0;
+  size_t after = 2;  // the probe after batch size 1
   for (int B : {1, 4}) {
     const auto& d = j["decode"][std::to_string(B)];
     const double step_s = d["step_ms"].get<double>() / 1e3;
@@ -114,8 +122,11 @@ TEST(Cli, BenchJsonFiguresFollowFromTheirTimes) {
     EXPECT_NEAR(j["decode_tokens_per_s"][std::to_string(B)].get<double>(), B / step_s, 1e-9 * B / step_s) << B;
     const double bytes = d["weight_bytes_per_step"].get<double>();
     EXPECT_NEAR(d["weight_read_gb_per_s"].get<double>(), bytes / step_s / 1e9, 1e-9 * bytes / step_s / 1e9) << B;
-    EXPECT_NEAR(d["fraction_of_bandwidth_bound"].get<double>(),
-                d["weight_read_gb_per_s"].get<double>() / ceil["read_gb_per_s"].get<double>(), 1e-9) << B;
+    const double read = d["read_ceiling_gb_per_s"].get<double>();
+    EXPECT_DOUBLE_EQ(read, std::max(probes[after - 1]["read_gb_per_s"].get<double>(), probes[after]["read_gb_per_s"].get<double>())) << B;
+    EXPECT_LE(read, ceil["read_gb_per_s"].get<double>()) << B;
+    EXPECT_NEAR(d["fraction_of_bandwidth_bound"].get<double>(), d["weight_read_gb_per_s"].get<double>() / read, 1e-9) << B;
+    ++after;
     // Four sequences route to at least as many distinct experts as one: at least the bytes.
     if (B == 1) bytes1 = bytes;
     else EXPECT_GE(bytes, bytes1);
