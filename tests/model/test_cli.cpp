@@ -98,17 +98,16 @@ TEST(Cli, BenchJsonFiguresFollowFromTheirTimes) {
   EXPECT_DOUBLE_EQ(pf["seconds"].get<double>(), best);
   EXPECT_NEAR(j["prefill_tokens_per_s"].get<double>(), 48 / best, 1e-9 * 48 / best);
   EXPECT_LE(pf["median_tokens_per_s"].get<double>(), j["prefill_tokens_per_s"].get<double>() * (1 + 1e-12));
-  // Each figure is a fraction of the better of the probes around it (one before the prefill, one
-  // after it and after each decode batch size); the ceilings are the best of all of them.
+  // Decode figures are fractions of the better read bandwidth of the probes around them (one before
+  // the prefill, one after it and after each decode batch size), the prefill of the best arithmetic
+  // peak; the ceilings are the best of all the probes.
   const auto& ceil = j["ceilings"];
-  const double best_peak = ceil["arithmetic_ceiling"] == "bf16_dot" ? ceil["bf16_dot_gflops"].get<double>()
-                                                                      : ceil["fp32_fma_gflops"].get<double>();
+  const double peak = ceil["arithmetic_ceiling"] == "bf16_dot" ? ceil["bf16_dot_gflops"].get<double>()
+                                                                 : ceil["fp32_fma_gflops"].get<double>();
   const auto& probes = ceil["probes"];
   ASSERT_EQ(probes.size(), 4u);  // before and after the prefill, after each of the two batch sizes
-  const double peak = pf["arithmetic_ceiling_gflops"].get<double>();
-  EXPECT_DOUBLE_EQ(peak, std::max(probes[0]["arithmetic_gflops"].get<double>(), probes[1]["arithmetic_gflops"].get<double>()));
+  for (const auto& p : probes) EXPECT_LE(p["arithmetic_gflops"].get<double>(), peak);
   ASSERT_GT(peak, 0);
-  EXPECT_LE(peak, best_peak);
   EXPECT_NEAR(pf["fraction_of_arithmetic_ceiling"].get<double>(), pf["gflops"].get<double>() / peak, 1e-9);
   EXPECT_LE(pf["median_fraction_of_arithmetic_ceiling"].get<double>(),
             pf["fraction_of_arithmetic_ceiling"].get<double>() * (1 + 1e-12));
