@@ -6,6 +6,7 @@
 
 #include "base/bf16.h"
 #include "base/error.h"
+#include "base/scratch.h"
 
 namespace epserve::dist {
 
@@ -106,12 +107,16 @@ void ExpertParallelRunner::run(int layer, const model::MoeWeights& w, const mode
     }
   }
   const std::vector<model::ExpertInput> inputs = buffers.inputs();
-  // Each expert's output rows contiguous, as they go back.
-  std::vector<std::vector<float>> outputs(inputs.size());
-  std::vector<std::vector<float*>> out_rows(inputs.size());
+  // The experts' output rows in one buffer, in the inputs' order (expert e's row m at
+  // first_row(e) + m), kept between calls as the inputs are (base/scratch.h says why).
+  size_t total_rows = 0;
+  for (const int n : count) total_rows += size_t(n);
+  auto& outputs = scratch<struct ExpertParallelOutputs>(total_rows * d);
+  auto& out_rows = scratch_object<struct ExpertParallelOutRows, std::vector<std::vector<float*>>>();
+  out_rows.resize(inputs.size());
   for (size_t e = 0; e < inputs.size(); ++e) {
-    outputs[e].resize(size_t(inputs[e].rows) * d);
-    for (int m = 0; m < inputs[e].rows; ++m) out_rows[e].push_back(outputs[e].data() + size_t(m) * d);
+    out_rows[e].resize(size_t(inputs[e].rows));
+    for (int m = 0; m < inputs[e].rows; ++m) out_rows[e][size_t(m)] = &outputs[(buffers.first_row(int(e)) + size_t(m)) * d];
   }
   model::run_experts(w, c, inputs, out_rows, mode);
   stats_.experts_s += since(t1);
@@ -126,7 +131,7 @@ void ExpertParallelRunner::run(int layer, const model::MoeWeights& w, const mode
     b.resize(origin[src].size() * reply_row_bytes);
     for (size_t i = 0; i < origin[src].size(); ++i) {
       const auto [e, row] = origin[src][i];
-      const float* out = &outputs[e][size_t(row) * d];
+      const float* out = &outputs[(buffers.first_row(e) + size_t(row)) * d];
       uint8_t* dst = b.data() + i * reply_row_bytes;
       if (fp8) {
         auto* narrow = reinterpret_cast<uint16_t*>(dst);  // 2-byte aligned: rows are whole BF16 rows
