@@ -99,26 +99,28 @@ Hardware cpu_preset(const CpuMeasurement& m) {
   h.gemm_row_tile = 32;
 #else
   h.gemm_row_tile = 16;
+  h.bf16_widened = true;  // matmul_avx2-inl.h's dequant_tile_f32 widens BF16 blocks too
 #endif
   h.decode_max_m = 8;    // kernels' kDecodeMaxM
-  // AVX2 builds: FITTED 2026-12-02 18:06 UTC (AMD EPYC Zen 3, one thread; `sim engine --fit` with
-  // hbm and dequant held, over the fastest of four measurement passes of the 8- and 5-layer cases
-  // below, since one pass's cases varied by up to 35% on that busy host; docs/PERFORMANCE.md "Zen 3,
-  // 2026-12-02 17:15"), after the absorbed attention kernel and the decode items of 4 MB. The earlier
-  // AVX2 values (fitted on Zen 3 before those) predicted the engine 27-29% too slow on the held-out
-  // decode 1 @128 and 8 @256. The model sums terms that the kernels overlap and prices the naive
-  // attention's projections and core apart, so these are fitted weights rather than fractions of a
-  // peak (attn_prefill most of all). Held out, the 3-layer cases: -8 / -7 / +6 / -17 / -24%
-  // (prefill 1x192, decode 1@128, 8@256, 16@128, 32@128; negative: the engine measured slower).
+  // AVX2 builds: FITTED 2026-12-02 18:55 UTC (AMD EPYC Zen 3, one thread; `sim engine --fit` with
+  // hbm held, over the fastest of four measurement passes of the 8- and 5-layer cases below, since
+  // one pass's cases varied by up to 35% on that busy host; docs/PERFORMANCE.md "Zen 3, 2026-12-02
+  // 17:15"), after the absorbed attention kernel and the decode items of 4 MB, and with the BF16
+  // weights' per-block widening priced as the FP8 dequantization (`bf16_widened`): without it the
+  // lm_head at 16 rows, mostly that widening, came out 15-30% too cheap. The model sums terms that
+  // the kernels overlap, so these are fitted weights rather than fractions of a peak (gemm > 1).
+  // Held out, the 3-layer cases: -13 / -8 / +6 / -3 / -26% (prefill 1x192, decode 1@128, 8@256,
+  // 16@128, 32@128; negative: the engine measured slower; the last case read 244-331 ms in the
+  // calibration test's runs against 352 ms in the fit's passes).
   h.hbm_eff = 0.82;          // FP8 decode kernels stream weights at this fraction of the read bandwidth
-  h.hbm_dot_eff = 0.96;      // the BF16 decode kernel (lm_head) streams its BF16 weights so
-  h.decode_flop_eff = 0.63;  // ... plus their multiply-adds at this fraction of the FMA peak
-  h.gemm_eff = 0.64;         // prefill kernels' multiply-adds (rows padded to the row tile) vs the dot / FMA peak
-  h.dequant_eff = 0.0488;    // prefill kernels: an FP8 weight widened per 128-row block costs the
-                             // time of ~20 flops at the FMA peak
-  h.attn_eff = 0.306;        // the absorbed (decode) attention kernel (model/absorbed_attention.h)
-  h.gemm_bf16_eff = 0.476;   // BF16 weights' prefill-regime products (the lm_head at 16-64 sequences)
-  h.attn_prefill_eff = 0.72;  // the naive path's blocked causal kernel (src/model/attention_core.cpp)
+  h.hbm_dot_eff = 0.975;     // the BF16 decode kernel (lm_head) streams its BF16 weights so
+  h.decode_flop_eff = 0.621;  // ... plus their multiply-adds at this fraction of the FMA peak
+  h.gemm_eff = 1.045;        // prefill kernels' multiply-adds (rows padded to the row tile) vs the dot / FMA peak
+  h.dequant_eff = 0.0193;    // prefill kernels: a weight widened per 128-row block costs the time of
+                             // ~52 flops at the FMA peak (its fetch from memory included)
+  h.attn_eff = 0.294;        // the absorbed (decode) attention kernel (model/absorbed_attention.h)
+  h.gemm_bf16_eff = 0.689;   // BF16 weights' prefill-regime products (the lm_head at 16-64 sequences)
+  h.attn_prefill_eff = 0.164;  // the naive path's blocked causal kernel (src/model/attention_core.cpp)
 #if defined(__AVX512F__) && defined(__AVX512BW__)
   // AVX-512 builds: FITTED 2026-12-02 15:43 UTC (Zen 5, one thread; `sim engine --fit` over the 8-
   // and 5-layer cases above with hbm and dequant held; docs/PERFORMANCE.md "Zen 5, 2026-12-02
@@ -129,6 +131,7 @@ Hardware cpu_preset(const CpuMeasurement& m) {
   // out above 1: fitted weights, no longer fractions of a peak (the lm_head's non-temporal stream
   // also beats the read probe on one thread). Held out, the 3-layer cases: -18 / -11 / -10 / +1 /
   // -16% (prefill 1x192, decode 1@128, 8@256, 16@128, 32@128). (A free dequant fits negative.)
+  h.dequant_eff = 0.0488;  // an FP8 weight widened per 128-row block: ~20 flops at the FMA peak
   h.hbm_dot_eff = 1.03;
   h.decode_flop_eff = 1.22;
   h.gemm_eff = 1.40;

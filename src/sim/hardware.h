@@ -47,6 +47,7 @@ struct Hardware {
   bool cpu_kernels = false;
   double fp32_tflops = 0;        // FP32 FMA peak: decode kernels, BF16-weight products, attention loops
   int decode_max_m = 8;          // products of up to this many rows stream their weights (kDecodeMaxM)
+  bool bf16_widened = false;     // prefill-regime BF16 weights widened to FP32 tiles as FP8 ones are (AVX2)
   double decode_flop_eff = 0;    // decode kernels' multiply-adds, fraction of fp32_tflops
   double hbm_dot_eff = 0;        // decode products on BF16 dot products (the lm_head in DeepSeek
                                  // numerics) stream their BF16 weights at this fraction of hbm_gbps

@@ -63,9 +63,12 @@ double cpu_gemm_s(const Hardware& hw, double m, double n, double k, double wb, b
   const double blocks = std::ceil(m / 128 - 1e-9);
   const double mult = 2 * pad_rows(m, hw.gemm_row_tile) * n * k;
   if (wb == 1) return n * k * blocks / (fp32 * hw.dequant_eff) + mult / (hw.fp8_tflops * 1e12 * hw.gemm_eff);
-  // BF16 weights widen with a shift: their tiles cost the reading, once per block of rows; their
-  // microkernel (a lane tree, not the FP8 tiles') has its own efficiency.
-  return n * k * wb * blocks / (hw.hbm_gbps * 1e9 * hw.hbm_eff) + mult / (mult_rate * hw.gemm_bf16_eff);
+  // BF16 weights: the AVX-512 kernels load their tiles as they are (the cost of reading them, once
+  // per block of rows); the AVX2 kernels widen each 128 × 128 block into an FP32 tile as they do FP8
+  // ones (per block of rows, at the dequantization's rate). Their products have their own efficiency.
+  const double tiles = hw.bf16_widened ? n * k * blocks / (fp32 * hw.dequant_eff)
+                                       : n * k * wb * blocks / (hw.hbm_gbps * 1e9 * hw.hbm_eff);
+  return tiles + mult / (mult_rate * hw.gemm_bf16_eff);
 }
 
 // One GEMM y[M,N] = x[M,K] · W[N,K]ᵀ on one GPU: roofline of the padded FLOPs at the kernel rate and

@@ -26,6 +26,12 @@ using epserve::testing::run_command;
 using epserve::testing::scratch_dir;
 
 constexpr double kTolerance = 0.25;  // the issue's: predicted vs measured step time within 25%
+// Measurements again while a case is out of tolerance, and the pause before each: a slow spell of
+// these shared hosts can last minutes (a clean-clone run on a Zen 3 guest, 2026-12-02 18:40 UTC,
+// read 14 GB/s and measured the decode-16 cases 25-35% slower than in the minutes before and after
+// through four retries 5 s apart), so the retries spread over about four minutes.
+constexpr int kRetries = 6;
+constexpr auto kRetryPause = std::chrono::seconds(15);
 
 TEST(Calibration, CpuPresetPredictsEngineStepsOfAnUnfittedConfig) {
   // ~1.2 GB, generated once per build tree (about 30 s the first time).
@@ -47,8 +53,8 @@ TEST(Calibration, CpuPresetPredictsEngineStepsOfAnUnfittedConfig) {
   nlohmann::json j = measure();
   ASSERT_EQ(j["cases"].size(), 5u) << j.dump(1);
   // A best time is only ever made worse by noise (another tenant of this VM taking memory bandwidth
-  // for a while): while a case is out of tolerance, it is measured again (four times at most, after
-  // a pause: on a PVM guest such spells slowed prefill by 30-50% for a minute, docs/PERFORMANCE.md)
+  // for a while): while a case is out of tolerance, it is measured again (kRetries times at most,
+  // after a pause: on a PVM guest such spells slowed prefill by 30-50% for a minute, docs/PERFORMANCE.md)
   // and the faster measurement counts, with the prediction made from that run's ceilings. A model
   // error stays out of tolerance every time.
   auto outside = [&] {
@@ -56,8 +62,8 @@ TEST(Calibration, CpuPresetPredictsEngineStepsOfAnUnfittedConfig) {
       if (std::fabs(c["error"].get<double>()) >= kTolerance) return true;
     return false;
   };
-  for (int attempt = 0; attempt < 4 && outside(); ++attempt) {
-    std::this_thread::sleep_for(std::chrono::seconds(5));
+  for (int attempt = 0; attempt < kRetries && outside(); ++attempt) {
+    std::this_thread::sleep_for(kRetryPause);
     const nlohmann::json again = measure();
     ASSERT_EQ(again["cases"].size(), 5u) << again.dump(1);
     for (size_t i = 0; i < 5; ++i)
@@ -150,15 +156,15 @@ TEST(Calibration, CpuPresetPredictsDecodeStepsAtOneAndTwoRanks) {
   double imbalance = 1;
   double one = best_step_ms("", nullptr), two = best_step_ms(mpirun, &imbalance);
   double p1 = predicted_ms(1, 16, 1), p2 = predicted_ms(2, 8, imbalance);
-  // As above: noise only slows a run down, so a case out of tolerance gets three more runs, four
-  // times at most, after a pause.
-  for (int attempt = 0; attempt < 4 && std::fabs(p1 / one - 1) >= kTolerance; ++attempt) {
-    std::this_thread::sleep_for(std::chrono::seconds(5));
+  // As above: noise only slows a run down, so a case out of tolerance gets three more runs,
+  // kRetries times at most, after a pause.
+  for (int attempt = 0; attempt < kRetries && std::fabs(p1 / one - 1) >= kTolerance; ++attempt) {
+    std::this_thread::sleep_for(kRetryPause);
     one = std::min(one, best_step_ms("", nullptr));
     p1 = predicted_ms(1, 16, 1);
   }
-  for (int attempt = 0; attempt < 4 && std::fabs(p2 / two - 1) >= kTolerance; ++attempt) {
-    std::this_thread::sleep_for(std::chrono::seconds(5));
+  for (int attempt = 0; attempt < kRetries && std::fabs(p2 / two - 1) >= kTolerance; ++attempt) {
+    std::this_thread::sleep_for(kRetryPause);
     double again_imbalance = imbalance;
     const double again = best_step_ms(mpirun, &again_imbalance);
     if (again < two) two = again, imbalance = again_imbalance;
