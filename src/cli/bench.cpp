@@ -80,9 +80,11 @@ int run_bench(const BenchArgs& a) {
     for (int& t : p) t = int(rng() % uint32_t(c.vocab_size));
     return p;
   };
-  // The arithmetic ceiling for the format: BF16 dot products where the CPU has them (FP8 values are
-  // exact in BF16), FP32 FMAs otherwise; exact numerics always use FP32.
-  const bool bf16_peak = numerics == kernels::Numerics::kDeepSeek && roof.has_bf16_dot && roof.bf16_dot_gflops > 0;
+  // The arithmetic ceiling for the format: the better of BF16 dot products (FP8 values are exact in
+  // BF16) and FP32 FMAs (the kernels choose the faster too: kernels::bf16_dot_in_use); exact
+  // numerics, FP32 FMAs.
+  const bool bf16_peak = numerics == kernels::Numerics::kDeepSeek && roof.has_bf16_dot &&
+                         roof.bf16_dot_gflops > roof.fp32_fma_gflops;
   auto measure_ceilings = [&] {
     probes.push_back({probe.gbps(), bf16_peak ? kernels::measure_bf16_dot_gflops() : kernels::measure_fp32_fma_gflops()});
   };
@@ -215,14 +217,16 @@ int run_bench(const BenchArgs& a) {
                      {"fp32_fma_gflops", roof.fp32_fma_gflops},
                      {"bf16_dot_gflops", roof.bf16_dot_gflops},
                      {"arithmetic_ceiling", bf16_peak ? "bf16_dot" : "fp32_fma"},
+                     {"bf16_products", kernels::bf16_dot_in_use() ? "bf16_dot" : "fp32_fma"},
                      {"probes", each}};
 
   if (a.json_output) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  std::printf("ceilings (%d threads): read %.1f GB/s, FP32 FMA %.0f GFLOP/s, BF16 dot %.0f GFLOP/s\n", roof.threads,
-              roof.read_gbps, roof.fp32_fma_gflops, roof.bf16_dot_gflops);
+  std::printf("ceilings (%d threads): read %.1f GB/s, FP32 FMA %.0f GFLOP/s, BF16 dot %.0f GFLOP/s (kernels: %s)\n",
+              roof.threads, roof.read_gbps, roof.fp32_fma_gflops, roof.bf16_dot_gflops,
+              kernels::bf16_dot_in_use() ? "BF16 dot" : "FP32 FMA");
   const auto& pf = out["prefill"];
   std::printf("prefill %d x %d tokens: %.0f tokens/s, %.0f GFLOP/s = %.0f%% of the %s ceiling (best of %d; median %.0f%%)\n",
               a.prefill_prompts, a.prompt_len, out["prefill_tokens_per_s"].get<double>(), pf["gflops"].get<double>(),

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -28,6 +29,7 @@
 #include "base/fp8.h"
 #include "base/parallel.h"
 #include "kernels/matmul.h"
+#include "kernels/roofline.h"
 #include "kernels/simd.h"
 #include "kernels/simd_avx2.h"
 
@@ -371,7 +373,7 @@ void prepare_tile_rows(Activations& a, const float* x, bool par) {
   const bool parallel = par && size_t(M) * K >= (size_t(1) << 16) && M > 1;
   if (a.prefill) a.panels = ceil_div(M, kPanel);
 #ifdef EPS_KERNELS_BF16DOT
-  if (a.deepseek) {
+  if (a.deepseek && bf16_dot_in_use()) {
     a.xt_store.resize(size_t(M) * Kpad / 2);
     uint32_t* xt = a.xt_store.data();
     parallel_for(M, parallel, [&](int m) {
@@ -402,13 +404,13 @@ void prepare_tile_rows(Activations& a, const float* x, bool par) {
 #ifdef EPS_KERNELS_AVX512
 // BF16 weight tiles (AVX-512): the rows in k order, zero-padded to kb · 128, as the tile kernels
 // read them: rounded to BF16 (bf16x: matmul_bf16 in DeepSeek numerics), as BF16 pairs [M][kb · 64]
-// with AVX512-BF16 (xt), else floats [M][kb · 128] (xf); exact, the caller's floats (xf).
+// where vdpbf16ps is in use (xt), else floats [M][kb · 128] (xf); exact, the caller's floats (xf).
 void prepare_bf16_tile_rows(Activations& a, const float* x, bool bf16x, bool par) {
   const int M = a.M, K = a.K, Kpad = a.kb * kQuantBlock;
   const bool parallel = par && size_t(M) * K >= (size_t(1) << 16) && M > 1;
   if (a.prefill) a.panels = ceil_div(M, kPanel);
 #ifdef EPS_KERNELS_BF16DOT
-  if (bf16x) {
+  if (bf16x && bf16_dot_in_use()) {
     a.xt_store.resize(size_t(M) * Kpad / 2);
     uint32_t* xt = a.xt_store.data();
     parallel_for(M, parallel, [&](int m) {
@@ -643,6 +645,23 @@ void matmul_one(const float* x, const Fp8RowsView* quantized, int M, const Weigh
 }
 
 }  // namespace
+
+bool bf16_dot_in_use() {
+#ifdef EPS_KERNELS_BF16DOT
+  static const bool use = [] {
+    if (const char* e = std::getenv("EPSERVE_BF16_DOT")) {
+      if (std::strcmp(e, "1") == 0) return true;
+      if (std::strcmp(e, "0") == 0) return false;
+      // (Not an exception: the first product may run inside an OpenMP region.)
+      std::fprintf(stderr, "epserve: EPSERVE_BF16_DOT is \"%s\"; it takes 1 or 0 (ignored: measuring instead)\n", e);
+    }
+    return bf16_dot_at_least_fma_rate();
+  }();
+  return use;
+#else
+  return false;
+#endif
+}
 
 void quantize_rows_fp8(std::span<const float> x, int rows, int cols, Fp8Rows& out) {
   EPS_REQUIRE(x.size() >= size_t(rows) * cols, "quantize_rows_fp8: input too small");

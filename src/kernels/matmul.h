@@ -107,6 +107,15 @@ void matmul_fp8_grouped(std::span<const Fp8MatmulTask> tasks, Numerics mode);
 void matmul_bf16(std::span<const float> x, int M, const Bf16Matrix& w, std::span<float> y,
                  Numerics mode = Numerics::kExact);
 
+// Whether DeepSeek-numerics products (FP8 weights; BF16 weights with activations rounded to BF16)
+// multiply their BF16-exact pairs with vdpbf16ps or as two FP32 FMAs. vdpbf16ps where the build
+// has AVX512-BF16 and this CPU runs it at least at the FMA rate (roofline.h): twice it on Zen 5,
+// half of it on an Intel Xeon with AMX, where the FP32 path was 35% faster in prefill. Decided once
+// per process, at the first product; EPSERVE_BF16_DOT=1 or 0 decides instead (the kernel tests run
+// both). Both keep one chain per output and 128-block; they differ in how the two products of a
+// pair are added to it (rounding), both within the twin's bounds.
+bool bf16_dot_in_use();
+
 // Scalar twins: plain loops, the same numerics, no threads.
 void quantize_rows_fp8_reference(std::span<const float> x, int rows, int cols, Fp8Rows& out);
 void matmul_fp8_reference(std::span<const float> x, int M, const Fp8Matrix& w, std::span<float> y,

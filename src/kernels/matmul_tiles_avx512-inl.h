@@ -4,8 +4,8 @@
 // broadcast. Included by matmul.cpp inside its anonymous namespace.
 //
 // Batch invariance without a lane tree: per output n and 128-block b, one chain from zero over the
-// block's pairs in k order (vdpbf16ps of the pair under DeepSeek numerics with AVX512-BF16; else two
-// FMAs, k then k+1), that block sum times the block's scale added to the output's FP32 sum, block
+// block's pairs in k order (vdpbf16ps of the pair under DeepSeek numerics where bf16_dot_in_use();
+// else two FMAs, k then k+1), that block sum times the block's scale added to the output's FP32 sum, block
 // after block. The decode kernels (outputs across the lanes, weights streamed) and the prefill
 // microkernel (the same, a tile dequantized once for up to 128 activation rows) do exactly that,
 // operand for operand, so a row's result depends neither on M nor on the split into items.

@@ -19,6 +19,8 @@ struct Roofline {
 // engine` measures between its rounds, docs/PERFORMANCE.md.)
 class ReadBandwidthProbe {
  public:
+  // A buffer of `bytes`, or of twice the last-level cache where that is larger
+  // (probe_bytes_past_caches), so that every pass reads memory.
   explicit ReadBandwidthProbe(size_t bytes = size_t(512) << 20);
   ~ReadBandwidthProbe();
   ReadBandwidthProbe(const ReadBandwidthProbe&) = delete;
@@ -31,12 +33,19 @@ class ReadBandwidthProbe {
   size_t n_ = 0;  // floats
 };
 
-// A probe of `bytes`, measured once.
+// max(bytes, twice the last-level cache), at most 2 GiB.
+size_t probe_bytes_past_caches(size_t bytes);
+
+// A probe of `bytes` (or more, as above), measured once.
 double measure_read_bandwidth_gbps(size_t bytes = size_t(512) << 20);
 // Independent FMA chains in registers (enough to cover latency × throughput), best of a few runs.
 double measure_fp32_fma_gflops();
 // Same with vdpbf16ps; 0 where the target has no AVX512-BF16.
 double measure_bf16_dot_gflops();
+// Whether vdpbf16ps multiplies and adds at least as fast as FP32 FMAs on this CPU (flops per
+// second, one thread, the best of short alternating runs: about 3 ms). Zen 5 runs it at twice the
+// FMA rate, an Intel Xeon of the AMX generation at half of it. False without AVX512-BF16.
+bool bf16_dot_at_least_fma_rate();
 
 // All of the above (about a second).
 Roofline measure_roofline();
