@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "base/error.h"
+#include "kernels/matmul.h"
 #include "kernels/roofline.h"
 
 namespace epserve::sim {
@@ -67,7 +68,7 @@ CpuMeasurement measure_cpu(const kernels::ReadBandwidthProbe* probe) {
   // Best of three: the figure is a ceiling, and other processes on a shared machine only lower it.
   for (int i = 0; i < 3; ++i) m.mem_gbps = std::max(m.mem_gbps, probe->gbps());
   m.fma_gflops = kernels::measure_fp32_fma_gflops();
-  m.bf16_gflops = kernels::measure_bf16_dot_gflops();
+  if (kernels::bf16_dot_in_use()) m.bf16_gflops = kernels::measure_bf16_dot_gflops();
   return m;
 }
 
@@ -78,8 +79,9 @@ Hardware cpu_preset(const CpuMeasurement& m) {
   h.name = "cpu";
   h.measured = true;
   h.cpu_kernels = true;
-  // FP8 weights widen exactly to BF16: the prefill kernels use BF16 dot products where the CPU has
-  // them, else FP32 FMA. Decode kernels, BF16 weights (gate, lm_head) and attention use FP32 FMA.
+  // FP8 weights widen exactly to BF16: the prefill kernels use BF16 dot products where the kernels
+  // do (kernels::bf16_dot_in_use: the CPU has them at no less than the FMA rate), else FP32 FMA.
+  // Decode kernels, BF16 weights (gate, lm_head) and attention are priced at the FMA rate.
   const double dot = m.bf16_gflops > 0 ? m.bf16_gflops : m.fma_gflops;
   h.fp8_tflops = dot / 1000;
   h.bf16_tflops = m.fma_gflops / 1000;
@@ -122,22 +124,40 @@ Hardware cpu_preset(const CpuMeasurement& m) {
   h.gemm_bf16_eff = 0.689;   // BF16 weights' prefill-regime products (the lm_head at 16-64 sequences)
   h.attn_prefill_eff = 0.164;  // the naive path's blocked causal kernel (src/model/attention_core.cpp)
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-  // AVX-512 builds: FITTED 2026-12-02 15:43 UTC (Zen 5, one thread; `sim engine --fit` over the 8-
-  // and 5-layer cases above with hbm and dequant held; docs/PERFORMANCE.md "Zen 5, 2026-12-02
-  // 14:30"), after the FP8 tiles, the page-fault work, the absorbed attention kernel and the BF16
-  // weights as tiles, with the BF16 weights' prefill-regime products (the lm_head at 16-64
-  // sequences) priced apart. The model sums terms that these kernels overlap (a decode product's
-  // stream and multiply-adds; a prefill product's tile widening and multiply-adds), so several came
-  // out above 1: fitted weights, no longer fractions of a peak (the lm_head's non-temporal stream
-  // also beats the read probe on one thread). Held out, the 3-layer cases: -18 / -11 / -10 / +1 /
-  // -16% (prefill 1x192, decode 1@128, 8@256, 16@128, 32@128). (A free dequant fits negative.)
-  h.dequant_eff = 0.0488;  // an FP8 weight widened per 128-row block: ~20 flops at the FMA peak
-  h.hbm_dot_eff = 1.03;
-  h.decode_flop_eff = 1.22;
-  h.gemm_eff = 1.40;
-  h.gemm_bf16_eff = 1.12;
-  h.attn_eff = 0.135;
-  h.attn_prefill_eff = 0.143;
+  if (m.bf16_gflops <= 0) {
+    // AVX-512 builds whose DeepSeek-numerics products run on FP32 FMAs (Intel Xeons: without
+    // AVX512-BF16, or with AMX, where vdpbf16ps runs at half the FMA rate; kernels::bf16_dot_in_use,
+    // and so no dot peak in the measurement):
+    // FITTED 2026-12-03 07:45 UTC (an Intel Xeon of the AMX generation, one thread; `sim engine
+    // --fit` with hbm and dequant held over the fastest of four passes of the 8- and 5-layer cases
+    // below; docs/PERFORMANCE.md "Intel Xeon, 2026-12-03"). Held out, the 3-layer cases: -12 / -5 /
+    // +3 / +11 / -18% (prefill 1x192, decode 1@128, 8@256, 16@128, 32@128).
+    // (Zen 5 and others that run vdpbf16ps at least at the FMA rate keep the set below.)
+    h.dequant_eff = 0.0488;  // held at the Zen 5 fit's (a free dequant fits no positive value here either)
+    h.hbm_dot_eff = 1.048;
+    h.decode_flop_eff = 0.601;
+    h.gemm_eff = 0.888;
+    h.gemm_bf16_eff = 1.004;
+    h.attn_eff = 0.0814;
+    h.attn_prefill_eff = 0.121;
+  } else {
+    // AVX-512 builds with BF16 dot products: FITTED 2026-12-02 15:43 UTC (Zen 5, one thread; `sim
+    // engine --fit` over the 8- and 5-layer cases above with hbm and dequant held; docs/PERFORMANCE.md "Zen 5, 2026-12-02
+    // 14:30"), after the FP8 tiles, the page-fault work, the absorbed attention kernel and the BF16
+    // weights as tiles, with the BF16 weights' prefill-regime products (the lm_head at 16-64
+    // sequences) priced apart. The model sums terms that these kernels overlap (a decode product's
+    // stream and multiply-adds; a prefill product's tile widening and multiply-adds), so several came
+    // out above 1: fitted weights, no longer fractions of a peak (the lm_head's non-temporal stream
+    // also beat the read probe on one thread). Held out, the 3-layer cases: -18 / -11 / -10 / +1 /
+    // -16% (prefill 1x192, decode 1@128, 8@256, 16@128, 32@128). (A free dequant fits negative.)
+    h.dequant_eff = 0.0488;  // an FP8 weight widened per 128-row block: ~20 flops at the FMA peak
+    h.hbm_dot_eff = 1.03;
+    h.decode_flop_eff = 1.22;
+    h.gemm_eff = 1.40;
+    h.gemm_bf16_eff = 1.12;
+    h.attn_eff = 0.135;
+    h.attn_prefill_eff = 0.143;
+  }
 #endif
   h.mla_decode_flop_eff = h.attn_eff;
   h.mla_decode_mem_eff = h.hbm_eff;

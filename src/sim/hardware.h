@@ -59,7 +59,7 @@ struct Hardware {
                                  // prefill): their microkernel, fraction of the dot / FMA peak
 };
 
-// `h800`, `h100` or `cpu` (measured here, in well under a second). Throws epserve::Error otherwise.
+// `h800`, `h100` or `cpu` (measured here, in about a second). Throws epserve::Error otherwise.
 Hardware hardware_preset(const std::string& name);
 nlohmann::json hardware_json(const Hardware& h);
 std::vector<std::string> hardware_preset_names();
@@ -68,7 +68,7 @@ std::vector<std::string> hardware_preset_names();
 struct CpuMeasurement {
   double mem_gbps = 0;
   double fma_gflops = 0;
-  double bf16_gflops = 0;  // 0 without AVX512-BF16
+  double bf16_gflops = 0;  // the vdpbf16ps peak where the kernels use it (kernels::bf16_dot_in_use), else 0
   int threads = 0;
 };
 // `probe`: a read-bandwidth buffer kept between measurements (sim engine measures between its
