@@ -105,7 +105,9 @@ int main(int argc, char** argv) {
   std::printf("threads %d  read bandwidth %.1f GB/s  FP32 FMA peak %.0f GFLOP/s  BF16 dot peak %s\n",
               roof.threads, roof.read_gbps, roof.fp32_fma_gflops,
               roof.has_bf16_dot ? (std::to_string(int(roof.bf16_dot_gflops)) + " GFLOP/s").c_str() : "absent");
-  std::printf("DeepSeek-numerics products by %s\n", bf16_dot_in_use() ? "BF16 dot (vdpbf16ps)" : "FP32 FMA");
+  std::printf("DeepSeek-numerics products by %s", bf16_dot_in_use() ? "BF16 dot (vdpbf16ps)" : "FP32 FMA");
+  if (roof.amx_bf16_gflops > 0) std::printf("  (AMX BF16 peak %.0f GFLOP/s: not used)", roof.amx_bf16_gflops);
+  std::printf("\n");
   const double bf16_peak = std::max(roof.bf16_dot_gflops, roof.fp32_fma_gflops);  // the better rate
 
   if (!grouped_only) {

@@ -209,6 +209,8 @@ int run_bench(const BenchArgs& a) {
     auto& p = out["prefill"];
     p["fraction_of_arithmetic_ceiling"] = p["gflops"].get<double>() / peak;
     p["median_fraction_of_arithmetic_ceiling"] = p["median_gflops"].get<double>() / peak;
+    // Where the CPU has AMX, which the kernels do not use: the same figure against its peak.
+    if (roof.amx_bf16_gflops > 0) p["fraction_of_amx_bf16_peak"] = p["gflops"].get<double>() / roof.amx_bf16_gflops;
   }
   json each = json::array();
   for (const Probe& p : probes) each.push_back({{"read_gb_per_s", p.read_gbps}, {"arithmetic_gflops", p.arithmetic_gflops}});
@@ -216,6 +218,7 @@ int run_bench(const BenchArgs& a) {
                      {"read_gb_per_s", roof.read_gbps},
                      {"fp32_fma_gflops", roof.fp32_fma_gflops},
                      {"bf16_dot_gflops", roof.bf16_dot_gflops},
+                     {"amx_bf16_gflops", roof.amx_bf16_gflops},
                      {"arithmetic_ceiling", bf16_peak ? "bf16_dot" : "fp32_fma"},
                      {"bf16_products", kernels::bf16_dot_in_use() ? "bf16_dot" : "fp32_fma"},
                      {"probes", each}};
@@ -227,6 +230,9 @@ int run_bench(const BenchArgs& a) {
   std::printf("ceilings (%d threads): read %.1f GB/s, FP32 FMA %.0f GFLOP/s, BF16 dot %.0f GFLOP/s (kernels: %s)\n",
               roof.threads, roof.read_gbps, roof.fp32_fma_gflops, roof.bf16_dot_gflops,
               kernels::bf16_dot_in_use() ? "BF16 dot" : "FP32 FMA");
+  if (roof.amx_bf16_gflops > 0)
+    std::printf("  (AMX BF16 %.0f GFLOP/s, which the kernels do not use: the prefill is %.1f%% of it)\n",
+                roof.amx_bf16_gflops, 100 * out["prefill"]["fraction_of_amx_bf16_peak"].get<double>());
   const auto& pf = out["prefill"];
   std::printf("prefill %d x %d tokens: %.0f tokens/s, %.0f GFLOP/s = %.0f%% of the %s ceiling (best of %d; median %.0f%%)\n",
               a.prefill_prompts, a.prompt_len, out["prefill_tokens_per_s"].get<double>(), pf["gflops"].get<double>(),

@@ -3,11 +3,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <iterator>
 #include <ctime>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -201,6 +204,56 @@ double measure_bf16_dot_gflops() {
 #endif
 }
 
+double measure_amx_bf16_gflops() {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // <asm/prctl.h>, Linux 5.16
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return 0;
+  struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+  };
+  const long iters = 1 << 17;
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    double total = 0;
+#pragma omp parallel reduction(+ : total)
+    {
+      TileConfig cfg;  // eight tiles of 16 rows × 64 bytes: four FP32 accumulators, two A, two B
+      for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+      _tile_loadconfig(&cfg);
+      alignas(64) uint16_t ones[16 * 32];
+      std::fill(std::begin(ones), std::end(ones), uint16_t(0x3f80));  // BF16 1.0
+      _tile_zero(0);  // (the tile intrinsics are asm statements: one per statement)
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      _tile_loadd(4, ones, 64);
+      _tile_loadd(5, ones, 64);
+      _tile_loadd(6, ones, 64);
+      _tile_loadd(7, ones, 64);
+      const double t0 = thread_cpu_s();
+      for (long i = 0; i < iters; ++i) {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      const double dt = thread_cpu_s() - t0;
+      alignas(64) float out[16 * 16];
+      _tile_stored(0, out, 64);
+      keep(out);
+      _tile_release();
+      total += double(iters) * 4 * 16 * 16 * 32 * 2 / dt;  // 16 × 16 outputs × 32 products each
+    }
+    best = std::max(best, total);
+  }
+  return best * 1e-9;
+#else
+  return 0;
+#endif
+}
+
 bool bf16_dot_at_least_fma_rate() {
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
   // One thread, no OpenMP (the kernels decide at their first product, which may run inside a
@@ -251,6 +304,7 @@ Roofline measure_roofline() {
   r.has_bf16_dot = true;
   r.bf16_dot_gflops = measure_bf16_dot_gflops();
 #endif
+  r.amx_bf16_gflops = measure_amx_bf16_gflops();
   return r;
 }
 

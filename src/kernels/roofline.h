@@ -11,6 +11,7 @@ struct Roofline {
   double fp32_fma_gflops = 0;   // FP32 FMA peak: 2 flops per lane per FMA, GFLOP/s
   bool has_bf16_dot = false;    // AVX512-BF16 compiled in
   double bf16_dot_gflops = 0;   // vdpbf16ps peak: 4 flops per 32-bit lane (2 products, 2 adds); 0 if absent
+  double amx_bf16_gflops = 0;   // TDPBF16PS peak (not used by the kernels); 0 if absent
 };
 
 // The read-bandwidth probe's buffer, allocated and faulted in once, for measuring again and again
@@ -42,6 +43,10 @@ double measure_read_bandwidth_gbps(size_t bytes = size_t(512) << 20);
 double measure_fp32_fma_gflops();
 // Same with vdpbf16ps; 0 where the target has no AVX512-BF16.
 double measure_bf16_dot_gflops();
+// The AMX-BF16 peak (TDPBF16PS on four accumulator tiles, all threads), where the build targets AMX
+// and Linux grants the tile state; 0 otherwise. The kernels do not use AMX: the figure is reported
+// beside the vector peaks so that a fraction of those is not read as one of all the CPU offers.
+double measure_amx_bf16_gflops();
 // Whether vdpbf16ps multiplies and adds at least as fast as FP32 FMAs on this CPU (flops per
 // second, one thread, the best of short alternating runs: about 3 ms). Zen 5 runs it at twice the
 // FMA rate, an Intel Xeon of the AMX generation at half of it. False without AVX512-BF16.

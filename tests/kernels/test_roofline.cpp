@@ -29,4 +29,12 @@ TEST(Roofline, MeasuresPlausibleCeilings) {
   EXPECT_EQ(dot, 0.0);
   EXPECT_FALSE(bf16_dot_at_least_fma_rate());
 #endif
+  // AMX: 0 where absent (or refused by the kernel); where present, a 16 × 16 × 32 product per
+  // instruction is far beyond the vector FMA peak (12-14× on an Intel Xeon, 2026-12-03).
+  const double amx = measure_amx_bf16_gflops();
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  EXPECT_TRUE(amx == 0 || amx > 2 * fma) << amx << " vs FMA " << fma;
+#else
+  EXPECT_EQ(amx, 0.0);
+#endif
 }

@@ -111,6 +111,14 @@ TEST(Cli, BenchJsonFiguresFollowFromTheirTimes) {
   EXPECT_NEAR(pf["fraction_of_arithmetic_ceiling"].get<double>(), pf["gflops"].get<double>() / peak, 1e-9);
   EXPECT_LE(pf["median_fraction_of_arithmetic_ceiling"].get<double>(),
             pf["fraction_of_arithmetic_ceiling"].get<double>() * (1 + 1e-12));
+  // DeepSeek numerics (the default): the better of the two vector peaks is the ceiling.
+  EXPECT_GE(peak * (1 + 1e-12), std::max(ceil["bf16_dot_gflops"].get<double>(), ceil["fp32_fma_gflops"].get<double>()));
+  // AMX, where the CPU has it, is reported beside them (the kernels do not use it).
+  if (ceil["amx_bf16_gflops"].get<double>() > 0)
+    EXPECT_NEAR(pf["fraction_of_amx_bf16_peak"].get<double>(),
+                pf["gflops"].get<double>() / ceil["amx_bf16_gflops"].get<double>(), 1e-9);
+  else
+    EXPECT_FALSE(pf.contains("fraction_of_amx_bf16_peak"));
   double bytes1 = 0;
   size_t after = 2;  // the probe after batch size 1
   for (int B : {1, 4}) {
