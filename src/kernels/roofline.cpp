@@ -221,6 +221,9 @@ double measure_amx_bf16_gflops() {
     {
       TileConfig cfg;  // eight tiles of 16 rows × 64 bytes: four FP32 accumulators, two A, two B
       for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+      // (GCC 12 does not see ldtilecfg read the struct and may drop the stores above: a scratch
+      // program's configuration came out all zeros and its first tile instruction faulted.)
+      asm volatile("" : : "r"(&cfg) : "memory");
       _tile_loadconfig(&cfg);
       alignas(64) uint16_t ones[16 * 32];
       std::fill(std::begin(ones), std::end(ones), uint16_t(0x3f80));  // BF16 1.0
