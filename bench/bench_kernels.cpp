@@ -105,10 +105,14 @@ int main(int argc, char** argv) {
   std::printf("threads %d  read bandwidth %.1f GB/s  FP32 FMA peak %.0f GFLOP/s  BF16 dot peak %s\n",
               roof.threads, roof.read_gbps, roof.fp32_fma_gflops,
               roof.has_bf16_dot ? (std::to_string(int(roof.bf16_dot_gflops)) + " GFLOP/s").c_str() : "absent");
-  std::printf("DeepSeek-numerics products by %s", bf16_dot_in_use() ? "BF16 dot (vdpbf16ps)" : "FP32 FMA");
-  if (roof.amx_bf16_gflops > 0) std::printf("  (AMX BF16 peak %.0f GFLOP/s: not used)", roof.amx_bf16_gflops);
+  std::printf("DeepSeek-numerics products by %s", amx_in_use()        ? "AMX (TDPBF16PS)"
+                                                  : bf16_dot_in_use() ? "BF16 dot (vdpbf16ps)"
+                                                                      : "FP32 FMA");
+  if (roof.amx_bf16_gflops > 0) std::printf("  (AMX BF16 peak %.0f GFLOP/s)", roof.amx_bf16_gflops);
   std::printf("\n");
-  const double bf16_peak = std::max(roof.bf16_dot_gflops, roof.fp32_fma_gflops);  // the better rate
+  // The better vector rate, or AMX's where the kernels use it.
+  const double bf16_peak = amx_in_use() && roof.amx_bf16_gflops > 0 ? roof.amx_bf16_gflops
+                                                                    : std::max(roof.bf16_dot_gflops, roof.fp32_fma_gflops);
 
   if (!grouped_only) {
     // ---- decode
@@ -150,7 +154,7 @@ int main(int argc, char** argv) {
         }
 
       // ---- prefill
-      std::printf("\n== prefill: GFLOP/s (fraction of the FMA peak for exact, of the better of the BF16 dot and FMA peaks for deepseek)\n");
+      std::printf("\n== prefill: GFLOP/s (fraction of the FMA peak for exact; for deepseek, of the better of the BF16 dot and FMA peaks, or of AMX's where used)\n");
       std::printf("%-26s %-9s %5s %10s %9s %6s\n", "weight [N,K]", "numerics", "M", "ms/call", "GFLOP/s", "frac");
       const Shape pre_shapes[] = {{"dense up [2816,1024]", 2816, 1024}, {"dense down [1024,2816]", 1024, 2816},
                                   {"expert up [256,1024]", 256, 1024}, {"wkv_b [2048,256]", 2048, 256}};

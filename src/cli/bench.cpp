@@ -81,12 +81,18 @@ int run_bench(const BenchArgs& a) {
     return p;
   };
   // The arithmetic ceiling for the format: the better of BF16 dot products (FP8 values are exact in
-  // BF16) and FP32 FMAs (the kernels choose the faster too: kernels::bf16_dot_in_use); exact
-  // numerics, FP32 FMAs.
-  const bool bf16_peak = numerics == kernels::Numerics::kDeepSeek && roof.has_bf16_dot &&
-                         roof.bf16_dot_gflops > roof.fp32_fma_gflops;
+  // BF16) and FP32 FMAs (the kernels choose the faster too: kernels::bf16_dot_in_use), or AMX's
+  // where the kernels use it (kernels::amx_in_use); exact numerics, FP32 FMAs.
+  enum class Peak { kFma, kDot, kAmx };
+  const bool ds = numerics == kernels::Numerics::kDeepSeek;
+  const Peak ceiling = ds && kernels::amx_in_use() && roof.amx_bf16_gflops > 0 ? Peak::kAmx
+                       : ds && roof.has_bf16_dot && roof.bf16_dot_gflops > roof.fp32_fma_gflops ? Peak::kDot
+                                                                                               : Peak::kFma;
+  const char* ceiling_name = ceiling == Peak::kAmx ? "amx_bf16" : ceiling == Peak::kDot ? "bf16_dot" : "fp32_fma";
   auto measure_ceilings = [&] {
-    probes.push_back({probe.gbps(), bf16_peak ? kernels::measure_bf16_dot_gflops() : kernels::measure_fp32_fma_gflops()});
+    probes.push_back({probe.gbps(), ceiling == Peak::kAmx   ? kernels::measure_amx_bf16_gflops()
+                                    : ceiling == Peak::kDot ? kernels::measure_bf16_dot_gflops()
+                                                            : kernels::measure_fp32_fma_gflops()});
   };
   // The better read bandwidth of the last two probes (the ones around the figure just measured).
   auto read_around = [&] { return std::max(probes[probes.size() - 2].read_gbps, probes.back().read_gbps); };
@@ -200,7 +206,9 @@ int run_bench(const BenchArgs& a) {
 
   // The ceilings: the best of every probe. The arithmetic peak does not move with the host's memory
   // traffic (a low reading is the probe disturbed), so the prefill is a fraction of the best one.
-  double& peak = bf16_peak ? roof.bf16_dot_gflops : roof.fp32_fma_gflops;
+  double& peak = ceiling == Peak::kAmx ? roof.amx_bf16_gflops
+                 : ceiling == Peak::kDot ? roof.bf16_dot_gflops
+                                         : roof.fp32_fma_gflops;
   for (const Probe& p : probes) {
     roof.read_gbps = std::max(roof.read_gbps, p.read_gbps);
     peak = std::max(peak, p.arithmetic_gflops);
@@ -219,8 +227,10 @@ int run_bench(const BenchArgs& a) {
                      {"fp32_fma_gflops", roof.fp32_fma_gflops},
                      {"bf16_dot_gflops", roof.bf16_dot_gflops},
                      {"amx_bf16_gflops", roof.amx_bf16_gflops},
-                     {"arithmetic_ceiling", bf16_peak ? "bf16_dot" : "fp32_fma"},
-                     {"bf16_products", kernels::bf16_dot_in_use() ? "bf16_dot" : "fp32_fma"},
+                     {"arithmetic_ceiling", ceiling_name},
+                     {"bf16_products", kernels::amx_in_use()        ? "amx_bf16"
+                                       : kernels::bf16_dot_in_use() ? "bf16_dot"
+                                                                    : "fp32_fma"},
                      {"probes", each}};
 
   if (a.json_output) {
@@ -229,14 +239,14 @@ int run_bench(const BenchArgs& a) {
   }
   std::printf("ceilings (%d threads): read %.1f GB/s, FP32 FMA %.0f GFLOP/s, BF16 dot %.0f GFLOP/s (kernels: %s)\n",
               roof.threads, roof.read_gbps, roof.fp32_fma_gflops, roof.bf16_dot_gflops,
-              kernels::bf16_dot_in_use() ? "BF16 dot" : "FP32 FMA");
-  if (roof.amx_bf16_gflops > 0)
+              kernels::amx_in_use() ? "AMX" : kernels::bf16_dot_in_use() ? "BF16 dot" : "FP32 FMA");
+  if (roof.amx_bf16_gflops > 0 && ceiling != Peak::kAmx)
     std::printf("  (AMX BF16 %.0f GFLOP/s, which the kernels do not use: the prefill is %.1f%% of it)\n",
                 roof.amx_bf16_gflops, 100 * out["prefill"]["fraction_of_amx_bf16_peak"].get<double>());
   const auto& pf = out["prefill"];
   std::printf("prefill %d x %d tokens: %.0f tokens/s, %.0f GFLOP/s = %.0f%% of the %s ceiling (best of %d; median %.0f%%)\n",
               a.prefill_prompts, a.prompt_len, out["prefill_tokens_per_s"].get<double>(), pf["gflops"].get<double>(),
-              100 * pf["fraction_of_arithmetic_ceiling"].get<double>(), bf16_peak ? "BF16-dot" : "FP32-FMA", a.prefill_reps,
+              100 * pf["fraction_of_arithmetic_ceiling"].get<double>(), ceiling_name, a.prefill_reps,
               100 * pf["median_fraction_of_arithmetic_ceiling"].get<double>());
   for (int B : batches) {
     const auto& d = out["decode"][std::to_string(B)];

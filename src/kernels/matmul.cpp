@@ -45,6 +45,9 @@ namespace {
 #if defined(EPS_KERNELS_AVX512) && defined(__AVX512BF16__)
 #define EPS_KERNELS_BF16DOT 1
 #endif
+#if defined(EPS_KERNELS_BF16DOT) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define EPS_KERNELS_AMX 1  // matmul_tiles_avx512-inl.h's AMX item (amx_in_use)
+#endif
 #if defined(EPS_KERNELS_AVX512) || defined(EPS_KERNELS_AVX2)
 #define EPS_KERNELS_SIMD 1  // decode and prefill kernels (the scalar path has one kernel)
 #endif
@@ -57,6 +60,7 @@ constexpr int kNr = 4;           // prefill weight rows per microkernel call (4 
 constexpr int kNChunkPad = ceil_div(kNChunk, kNr) * kNr;  // 128
 #endif
 constexpr int kItemPanels = 4;    // prefill activation panels per work item (128 rows)
+constexpr int kAmxRows = 16;      // rows of an AMX tile (activations padded to a multiple)
 
 // 64-byte aligned scratch that grows and is reused (one per thread).
 struct Scratch {
@@ -160,6 +164,7 @@ struct Activations {
   int M = 0, K = 0, kb = 0;
   bool deepseek = false;
   bool prefill = false;
+  bool amx = false;  // AMX items for every M (xt padded to whole tiles of 16 rows)
   // Row-major [M][K] (decode with BF16 weights, the scalar path): exact → the caller's x,
   // DeepSeek (scalar path only) → the codes' values · 2^-8.
   const float* x = nullptr;
@@ -373,9 +378,11 @@ void prepare_tile_rows(Activations& a, const float* x, bool par) {
   const bool parallel = par && size_t(M) * K >= (size_t(1) << 16) && M > 1;
   if (a.prefill) a.panels = ceil_div(M, kPanel);
 #ifdef EPS_KERNELS_BF16DOT
-  if (a.deepseek && bf16_dot_in_use()) {
-    a.xt_store.resize(size_t(M) * Kpad / 2);
+  if (a.deepseek && (a.amx || bf16_dot_in_use())) {
+    const int rows = a.amx ? ceil_div(M, kAmxRows) * kAmxRows : M;  // AMX: whole tiles, zero rows
+    a.xt_store.resize(size_t(rows) * Kpad / 2);
     uint32_t* xt = a.xt_store.data();
+    std::fill(xt + size_t(M) * Kpad / 2, xt + size_t(rows) * Kpad / 2, 0u);
     parallel_for(M, parallel, [&](int m) {
       const uint8_t* c = a.codes + size_t(m) * K;
       uint32_t* d = xt + size_t(m) * Kpad / 2;
@@ -410,9 +417,11 @@ void prepare_bf16_tile_rows(Activations& a, const float* x, bool bf16x, bool par
   const bool parallel = par && size_t(M) * K >= (size_t(1) << 16) && M > 1;
   if (a.prefill) a.panels = ceil_div(M, kPanel);
 #ifdef EPS_KERNELS_BF16DOT
-  if (bf16x && bf16_dot_in_use()) {
-    a.xt_store.resize(size_t(M) * Kpad / 2);
+  if (bf16x && (a.amx || bf16_dot_in_use())) {
+    const int rows = a.amx ? ceil_div(M, kAmxRows) * kAmxRows : M;  // AMX: whole tiles, zero rows
+    a.xt_store.resize(size_t(rows) * Kpad / 2);
     uint32_t* xt = a.xt_store.data();
+    std::fill(xt + size_t(M) * Kpad / 2, xt + size_t(rows) * Kpad / 2, 0u);
     parallel_for(M, parallel, [&](int m) {
       const float* r = x + size_t(m) * K;
       uint32_t* d = xt + size_t(m) * Kpad / 2;
@@ -462,6 +471,10 @@ void prepare(Activations& a, const float* x, int M, int K, bool deepseek, const 
   a.kb = ceil_div(K, kQuantBlock);
   a.deepseek = deepseek;
   a.prefill = use_prefill(M);
+  // AMX: every M through the prefill items, whose tiles give each output one block sum per
+  // 128-block the same way whatever the batch.
+  a.amx = amx_in_use() && (fp8_weights ? deepseek : bf16x);
+  if (a.amx) a.prefill = true;
 #ifdef EPS_KERNELS_AVX512
   if (!fp8_weights) return prepare_bf16_tile_rows(a, x, bf16x, par);
 #else
@@ -656,6 +669,25 @@ bool bf16_dot_in_use() {
       std::fprintf(stderr, "epserve: EPSERVE_BF16_DOT is \"%s\"; it takes 1 or 0 (ignored: measuring instead)\n", e);
     }
     return bf16_dot_at_least_fma_rate();
+  }();
+  return use;
+#else
+  return false;
+#endif
+}
+
+bool amx_in_use() {
+#ifdef EPS_KERNELS_AMX
+  static const bool use = [] {
+    const char* e = std::getenv("EPSERVE_AMX");
+    if (!e || std::strcmp(e, "0") == 0) return false;
+    if (std::strcmp(e, "1") != 0) {
+      std::fprintf(stderr, "epserve: EPSERVE_AMX is \"%s\"; it takes 1 or 0 (ignored: no AMX)\n", e);
+      return false;
+    }
+    if (request_amx_permission()) return true;
+    std::fprintf(stderr, "epserve: EPSERVE_AMX=1, but Linux refused the AMX tile state: vector kernels\n");
+    return false;
   }();
   return use;
 #else

@@ -115,6 +115,11 @@ void matmul_bf16(std::span<const float> x, int M, const Bf16Matrix& w, std::span
 // both). Both keep one chain per output and 128-block; they differ in how the two products of a
 // pair are added to it (rounding), both within the twin's bounds.
 bool bf16_dot_in_use();
+// Whether those products run on AMX tiles instead (TDPBF16PS), decode and prefill alike, so that a
+// row's result still does not depend on the batch (AMX sums a block's pairs its own way). Opt-in
+// for now, EPSERVE_AMX=1, where the build targets AMX and Linux grants the tile state: the cpu
+// preset of the simulator has no constants for it yet.
+bool amx_in_use();
 
 // Scalar twins: plain loops, the same numerics, no threads.
 void quantize_rows_fp8_reference(std::span<const float> x, int rows, int cols, Fp8Rows& out);

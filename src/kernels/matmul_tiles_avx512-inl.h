@@ -354,6 +354,66 @@ const void* widen_tile(const Weight& w, const simd::Fp8Lut& lut, int nb, int b, 
   return out;
 }
 
+#ifdef EPS_KERNELS_AMX
+// AMX (amx_in_use): the widened tile's sums for rows [m0, m0 + rows), all 128 columns, added into
+// ct as micro_tile adds them: per output and block, a sum from zero over the block's 64 pairs (four
+// TDPBF16PS of 16 pairs, in k order), times the row's scale, FMA-added. Each accumulator tile holds
+// 16 rows × 16 outputs; two row groups × two column groups at a time. The rows of an A tile are
+// independent (the padding rows of xt are zeros), so a row's result does not depend on the batch.
+void amx_tile_rows(const Activations& a, int m0, int rows, int b, const uint32_t* wt, float* ct, const float* s) {
+  const size_t xstride = size_t(a.kb) * kTilePairs * sizeof(uint32_t);
+  alignas(64) float c[4][kAmxRows][16];
+  for (int g = 0; g < rows; g += 2 * kAmxRows) {
+    const bool two = g + kAmxRows < rows;
+    const uint32_t* x0 = a.xt + size_t(m0 + g) * a.kb * kTilePairs + size_t(b) * kTilePairs;
+    const uint32_t* x1 = x0 + size_t(kAmxRows) * a.kb * kTilePairs;
+    for (int c0 = 0; c0 < kTileN; c0 += 32) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int t = 0; t < kTilePairs / 16; ++t) {
+        _tile_loadd(4, x0 + 16 * t, xstride);
+        _tile_loadd(6, wt + size_t(16 * t) * kTileN + c0, kTileN * sizeof(uint32_t));
+        _tile_loadd(7, wt + size_t(16 * t) * kTileN + c0 + 16, kTileN * sizeof(uint32_t));
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        if (two) {
+          _tile_loadd(5, x1 + 16 * t, xstride);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, c[0], 64);
+      _tile_stored(1, c[1], 64);
+      if (two) {
+        _tile_stored(2, c[2], 64);
+        _tile_stored(3, c[3], 64);
+      }
+      for (int q = 0; q < (two ? 4 : 2); ++q) {
+        const int r0 = g + kAmxRows * (q >> 1), cc = c0 + 16 * (q & 1);
+        for (int i = 0; i < kAmxRows && r0 + i < rows; ++i) {
+          float* d = ct + size_t(r0 + i) * kTileN + cc;
+          _mm512_store_ps(d, _mm512_fmadd_ps(_mm512_load_ps(c[q][i]), _mm512_set1_ps(s[r0 + i]), _mm512_load_ps(d)));
+        }
+      }
+    }
+  }
+}
+
+// Eight tiles of 16 rows × 64 bytes, for this thread (each item sets it: cheap next to its work).
+void amx_configure() {
+  struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+  } cfg;
+  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = kAmxRows;
+  asm volatile("" : : "r"(&cfg) : "memory");  // (GCC 12 may drop the stores: roofline.cpp)
+  _tile_loadconfig(&cfg);
+}
+#endif
+
 // Outputs [n0, n0 + 128) ∩ [0, N) × activation rows [m0, m1).
 void prefill_tiles_item(const Activations& a, const Weight& w, int n0, int m0, int m1, const Out& y) {
   const int rows = m1 - m0, nb = n0 / kTileN, cols = std::min(kTileN, w.N - n0);
@@ -364,9 +424,18 @@ void prefill_tiles_item(const Activations& a, const Weight& w, int n0, int m0, i
   const auto& t = fp8_tables();
   const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
   float s[kPanel * kItemPanels];
+#ifdef EPS_KERNELS_AMX
+  if (a.amx) amx_configure();
+#endif
   for (int b = 0; b < a.kb; ++b) {
     const void* wb = widen_tile(w, lut, nb, b, dot, wt);
     for (int i = 0; i < rows; ++i) s[i] = tile_scale(a, w, m0 + i, n0, b);
+#ifdef EPS_KERNELS_AMX
+    if (a.amx) {
+      amx_tile_rows(a, m0, rows, b, static_cast<const uint32_t*>(wb), ct, s);
+      continue;
+    }
+#endif
     for (int c0 = 0; c0 < cols; c0 += kMicroVectors * 16) {
 #ifdef EPS_KERNELS_BF16DOT
       if (dot) {

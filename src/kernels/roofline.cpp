@@ -204,10 +204,21 @@ double measure_bf16_dot_gflops() {
 #endif
 }
 
+bool request_amx_permission() {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+  static const bool granted = [] {
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // <asm/prctl.h>, Linux 5.16
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return granted;
+#else
+  return false;
+#endif
+}
+
 double measure_amx_bf16_gflops() {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
-  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // <asm/prctl.h>, Linux 5.16
-  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return 0;
+  if (!request_amx_permission()) return 0;
   struct alignas(64) TileConfig {
     uint8_t palette = 1, start_row = 0, reserved[14] = {};
     uint16_t colsb[16] = {};

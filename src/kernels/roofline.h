@@ -43,6 +43,9 @@ double measure_read_bandwidth_gbps(size_t bytes = size_t(512) << 20);
 double measure_fp32_fma_gflops();
 // Same with vdpbf16ps; 0 where the target has no AVX512-BF16.
 double measure_bf16_dot_gflops();
+// Asks Linux for the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM, once per process); false
+// where the build does not target AMX or the kernel refuses.
+bool request_amx_permission();
 // The AMX-BF16 peak (TDPBF16PS on four accumulator tiles, all threads), where the build targets AMX
 // and Linux grants the tile state; 0 otherwise. The kernels do not use AMX: the figure is reported
 // beside the vector peaks so that a fraction of those is not read as one of all the CPU offers.

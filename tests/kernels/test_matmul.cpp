@@ -16,8 +16,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "base/bf16.h"
@@ -579,6 +581,27 @@ namespace {
 // for every kernel and both numerics (expert parallelism puts different row counts per expert on
 // different rank counts). Fresh random inputs each run.
 uint32_t bits(float f) { return std::bit_cast<uint32_t>(f); }
+
+// The suite runs these tests again with each product path forced (tests/CMakeLists.txt): the
+// forcing must take, or those runs would test the default path twice.
+TEST(Kernels, ProductPathIsTheOneAskedFor) {
+  const char* dot = std::getenv("EPSERVE_BF16_DOT");
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+  if (dot) {
+    EXPECT_EQ(bf16_dot_in_use(), std::string(dot) == "1");
+  }
+#else
+  EXPECT_FALSE(bf16_dot_in_use()) << (dot ? dot : "");
+#endif
+  const char* amx = std::getenv("EPSERVE_AMX");
+#if defined(__AVX512BF16__) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  if (amx) {
+    EXPECT_EQ(amx_in_use(), std::string(amx) == "1");
+  }
+#else
+  EXPECT_FALSE(amx_in_use()) << (amx ? amx : "");
+#endif
+}
 
 TEST(Kernels, RowResultsDoNotDependOnBatch) {
   const uint64_t seed = fresh_seed();

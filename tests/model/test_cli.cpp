@@ -102,7 +102,8 @@ TEST(Cli, BenchJsonFiguresFollowFromTheirTimes) {
   // the prefill, one after it and after each decode batch size), the prefill of the best arithmetic
   // peak; the ceilings are the best of all the probes.
   const auto& ceil = j["ceilings"];
-  const double peak = ceil["arithmetic_ceiling"] == "bf16_dot" ? ceil["bf16_dot_gflops"].get<double>()
+  const double peak = ceil["arithmetic_ceiling"] == "amx_bf16"   ? ceil["amx_bf16_gflops"].get<double>()
+                      : ceil["arithmetic_ceiling"] == "bf16_dot" ? ceil["bf16_dot_gflops"].get<double>()
                                                                  : ceil["fp32_fma_gflops"].get<double>();
   const auto& probes = ceil["probes"];
   ASSERT_EQ(probes.size(), 4u);  // before and after the prefill, after each of the two batch sizes
