@@ -126,79 +126,90 @@ double ReadBandwidthProbe::gbps() const {
   return best * 1e-9;
 }
 
-double measure_fp32_fma_gflops() {
-  const long iters = 1 << 21;
+namespace {
+
+// One thread's FMA rate over `iters` rounds of kChains independent chains, flops per second of its
+// CPU time.
+double fma_burst(long iters) {
 #if defined(__AVX512F__)
   const double lanes = 16;
 #else
   const double lanes = 8;
 #endif
+  const double t0 = thread_cpu_s();
+#if defined(__AVX512F__)
+  __m512 acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(float(j));
+  const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
+  for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
+  }
+  for (int j = 1; j < kChains; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
+  keep(acc[0]);
+#elif defined(__AVX2__) && defined(__FMA__)
+  __m256 acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm256_set1_ps(float(j));
+  const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(0.001f);
+  for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm256_fmadd_ps(acc[j], a, b);
+  }
+  for (int j = 1; j < kChains; ++j) acc[0] = _mm256_add_ps(acc[0], acc[j]);
+  keep(acc[0]);
+#else
+  float acc[kChains][8];
+  for (int j = 0; j < kChains; ++j)
+    for (int l = 0; l < 8; ++l) acc[j][l] = float(j);
+  for (long i = 0; i < iters; ++i)
+    for (int j = 0; j < kChains; ++j)
+      for (int l = 0; l < 8; ++l) acc[j][l] = acc[j][l] * 0.999f + 0.001f;
+  keep(acc);
+#endif
+  return double(iters) * kChains * lanes * 2 / (thread_cpu_s() - t0);
+}
+
+// The same with vdpbf16ps (4 flops per 32-bit lane); 0 without AVX512-BF16.
+[[maybe_unused]] double dot_burst(long iters) {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  const double t0 = thread_cpu_s();
+  __m512 acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(float(j));
+  const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(-1e-3f));
+  const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.25f));
+  for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], a, b);
+  }
+  for (int j = 1; j < kChains; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
+  keep(acc[0]);
+  return double(iters) * kChains * 16 * 4 / (thread_cpu_s() - t0);
+#else
+  (void)iters;
+  return 0;
+#endif
+}
+
+// The best of five runs of a burst on every thread at once, summed over the threads, GFLOP/s.
+template <class Burst>
+double all_threads_gflops(Burst burst) {
   double best = 0;
   for (int rep = 0; rep < 5; ++rep) {
     double total = 0;
 #pragma omp parallel reduction(+ : total)
-    {
-      const double t0 = thread_cpu_s();
-#if defined(__AVX512F__)
-      __m512 acc[kChains];
-      for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(float(j));
-      const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
-      for (long i = 0; i < iters; ++i) {
-#pragma GCC unroll 16
-        for (int j = 0; j < kChains; ++j) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
-      }
-      for (int j = 1; j < kChains; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
-      keep(acc[0]);
-#elif defined(__AVX2__) && defined(__FMA__)
-      __m256 acc[kChains];
-      for (int j = 0; j < kChains; ++j) acc[j] = _mm256_set1_ps(float(j));
-      const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(0.001f);
-      for (long i = 0; i < iters; ++i) {
-#pragma GCC unroll 16
-        for (int j = 0; j < kChains; ++j) acc[j] = _mm256_fmadd_ps(acc[j], a, b);
-      }
-      for (int j = 1; j < kChains; ++j) acc[0] = _mm256_add_ps(acc[0], acc[j]);
-      keep(acc[0]);
-#else
-      float acc[kChains][8];
-      for (int j = 0; j < kChains; ++j)
-        for (int l = 0; l < 8; ++l) acc[j][l] = float(j);
-      for (long i = 0; i < iters; ++i)
-        for (int j = 0; j < kChains; ++j)
-          for (int l = 0; l < 8; ++l) acc[j][l] = acc[j][l] * 0.999f + 0.001f;
-      keep(acc);
-#endif
-      total += double(iters) * kChains * lanes * 2 / (thread_cpu_s() - t0);
-    }
+    total += burst(long(1) << 21);
     best = std::max(best, total);
   }
   return best * 1e-9;
 }
 
+}  // namespace
+
+double measure_fp32_fma_gflops() { return all_threads_gflops(fma_burst); }
+
 double measure_bf16_dot_gflops() {
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
-  const long iters = 1 << 21;
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    double total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-      const double t0 = thread_cpu_s();
-      __m512 acc[kChains];
-      for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(float(j));
-      const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(-1e-3f));
-      const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.25f));
-      for (long i = 0; i < iters; ++i) {
-#pragma GCC unroll 16
-        for (int j = 0; j < kChains; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], a, b);
-      }
-      for (int j = 1; j < kChains; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
-      keep(acc[0]);
-      total += double(iters) * kChains * 16 * 4 / (thread_cpu_s() - t0);
-    }
-    best = std::max(best, total);
-  }
-  return best * 1e-9;
+  return all_threads_gflops(dot_burst);
 #else
   return 0;
 #endif
@@ -272,36 +283,10 @@ bool bf16_dot_at_least_fma_rate() {
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
   // One thread, no OpenMP (the kernels decide at their first product, which may run inside a
   // parallel region). CPU time, best of each: preemption and a slow first burst only lower a rate.
-  constexpr long kIters = 1 << 14;
   double dot = 0, fma = 0;
   for (int round = 0; round < 7; ++round) {
-    {
-      const double t0 = thread_cpu_s();
-      __m512 acc[kChains];
-      for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(float(j));
-      const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(-1e-3f));
-      const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.25f));
-      for (long i = 0; i < kIters; ++i) {
-#pragma GCC unroll 16
-        for (int j = 0; j < kChains; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], a, b);
-      }
-      for (int j = 1; j < kChains; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
-      keep(acc[0]);
-      dot = std::max(dot, double(kIters) * kChains * 16 * 4 / (thread_cpu_s() - t0));
-    }
-    {
-      const double t0 = thread_cpu_s();
-      __m512 acc[kChains];
-      for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(float(j));
-      const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
-      for (long i = 0; i < kIters; ++i) {
-#pragma GCC unroll 16
-        for (int j = 0; j < kChains; ++j) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
-      }
-      for (int j = 1; j < kChains; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
-      keep(acc[0]);
-      fma = std::max(fma, double(kIters) * kChains * 16 * 2 / (thread_cpu_s() - t0));
-    }
+    dot = std::max(dot, dot_burst(long(1) << 14));
+    fma = std::max(fma, fma_burst(long(1) << 14));
   }
   return dot >= fma;
 #else
