@@ -60,7 +60,7 @@ constexpr int kNr = 4;           // prefill weight rows per microkernel call (4 
 constexpr int kNChunkPad = ceil_div(kNChunk, kNr) * kNr;  // 128
 #endif
 constexpr int kItemPanels = 4;    // prefill activation panels per work item (128 rows)
-constexpr int kAmxRows = 16;      // rows of an AMX tile (activations padded to a multiple)
+constexpr int kAmxRows = 16;      // rows of an AMX tile (configure_amx_tiles; activations padded to a multiple)
 
 // 64-byte aligned scratch that grows and is reused (one per thread).
 struct Scratch {

@@ -401,17 +401,6 @@ void amx_tile_rows(const Activations& a, int m0, int rows, int b, const uint32_t
   }
 }
 
-// Eight tiles of 16 rows × 64 bytes, for this thread (each item sets it: cheap next to its work).
-void amx_configure() {
-  struct alignas(64) TileConfig {
-    uint8_t palette = 1, start_row = 0, reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-  } cfg;
-  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = kAmxRows;
-  asm volatile("" : : "r"(&cfg) : "memory");  // (GCC 12 may drop the stores: roofline.cpp)
-  _tile_loadconfig(&cfg);
-}
 #endif
 
 // Outputs [n0, n0 + 128) ∩ [0, N) × activation rows [m0, m1).
@@ -425,7 +414,7 @@ void prefill_tiles_item(const Activations& a, const Weight& w, int n0, int m0, i
   const simd::Fp8Lut lut = simd::load_fp8_lut(t.lut_hi.data(), t.lut_lo.data());
   float s[kPanel * kItemPanels];
 #ifdef EPS_KERNELS_AMX
-  if (a.amx) amx_configure();
+  if (a.amx) configure_amx_tiles();  // (per item: cheap next to its work)
 #endif
   for (int b = 0; b < a.kb; ++b) {
     const void* wb = widen_tile(w, lut, nb, b, dot, wt);

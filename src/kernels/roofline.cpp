@@ -227,26 +227,31 @@ bool request_amx_permission() {
 #endif
 }
 
-double measure_amx_bf16_gflops() {
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
-  if (!request_amx_permission()) return 0;
+void configure_amx_tiles() {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
   struct alignas(64) TileConfig {
     uint8_t palette = 1, start_row = 0, reserved[14] = {};
     uint16_t colsb[16] = {};
     uint8_t rows[16] = {};
-  };
+  } cfg;
+  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  // (GCC 12 does not see ldtilecfg read the struct and may drop the stores above: a scratch
+  // program's configuration came out all zeros and its first tile instruction faulted.)
+  asm volatile("" : : "r"(&cfg) : "memory");
+  _tile_loadconfig(&cfg);
+#endif
+}
+
+double measure_amx_bf16_gflops() {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+  if (!request_amx_permission()) return 0;
   const long iters = 1 << 17;
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     double total = 0;
 #pragma omp parallel reduction(+ : total)
     {
-      TileConfig cfg;  // eight tiles of 16 rows × 64 bytes: four FP32 accumulators, two A, two B
-      for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
-      // (GCC 12 does not see ldtilecfg read the struct and may drop the stores above: a scratch
-      // program's configuration came out all zeros and its first tile instruction faulted.)
-      asm volatile("" : : "r"(&cfg) : "memory");
-      _tile_loadconfig(&cfg);
+      configure_amx_tiles();  // four FP32 accumulators, two A, two B
       alignas(64) uint16_t ones[16 * 32];
       std::fill(std::begin(ones), std::end(ones), uint16_t(0x3f80));  // BF16 1.0
       _tile_zero(0);  // (the tile intrinsics are asm statements: one per statement)

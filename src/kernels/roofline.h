@@ -46,6 +46,9 @@ double measure_bf16_dot_gflops();
 // Asks Linux for the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM, once per process); false
 // where the build does not target AMX or the kernel refuses.
 bool request_amx_permission();
+// This thread's tile configuration: eight tiles of 16 rows × 64 bytes (FP32 accumulators of 16 × 16,
+// BF16 pairs of 16 × 16), the shape the AMX probe and kernels use. Needs the permission above.
+void configure_amx_tiles();
 // The AMX-BF16 peak (TDPBF16PS on four accumulator tiles, all threads), where the build targets AMX
 // and Linux grants the tile state; 0 otherwise. The kernels do not use AMX: the figure is reported
 // beside the vector peaks so that a fraction of those is not read as one of all the CPU offers.
